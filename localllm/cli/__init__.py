@@ -1,0 +1,1 @@
+"""The ``localllm`` command: a thin client over the daemon, plus ``serve``."""

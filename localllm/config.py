@@ -1,0 +1,118 @@
+"""Settings, read from the environment each time they are asked for.
+
+Nothing here is read at import: tests and the CLI set ``LOCALLLM_*`` and the
+next :func:`get_settings` call sees it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 11434
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOCALLLM_", extra="ignore", populate_by_name=True)
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".localllm",
+        description="Where all state lives: models, partial downloads, logs.",
+    )
+    host: str = Field(
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        description="Address the daemon binds and the CLI talks to, as host:port.",
+    )
+    origins: str = Field(
+        default="",
+        description="Extra CORS origins allowed besides local ones, comma-separated ('*' for any).",
+    )
+    hf_endpoint: str = Field(
+        default="https://huggingface.co",
+        validation_alias=AliasChoices("HF_ENDPOINT", "LOCALLLM_HF_ENDPOINT"),
+        description="The Hugging Face Hub to pull from.",
+    )
+    hf_token: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("HF_TOKEN", "LOCALLLM_HF_TOKEN"),
+        description="Token for gated or private Hub repositories.",
+    )
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("hf_endpoint", mode="after")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def bind(self) -> tuple[str, int]:
+        return parse_host(self.host)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.bind
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    @property
+    def extra_origins(self) -> list[str]:
+        return [o.strip() for o in self.origins.split(",") if o.strip()]
+
+
+def parse_host(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (also ``[::1]:port``, ``host``, ``:port``, ``http://host:port``)."""
+    text = value.strip()
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme):]
+    text = text.rstrip("/")
+    host, port = text, DEFAULT_PORT
+    if text.startswith("["):
+        end = text.find("]")
+        if end == -1:
+            raise ValueError(f"invalid host {value!r}")
+        host, rest = text[1:end], text[end + 1:]
+        if rest.startswith(":"):
+            port = _port(rest[1:], value)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+        port = _port(port_text, value)
+    return host or "127.0.0.1", port
+
+
+def _port(text: str, value: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ValueError(f"invalid port in {value!r}")
+    return int(text)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def get_settings() -> Settings:
+    """Fresh settings from the current environment."""
+    return Settings()

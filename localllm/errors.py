@@ -1,0 +1,99 @@
+"""The one exception hierarchy of localllm.
+
+Every error a user can cause or meet derives from :class:`LocalLLMError`; the
+server maps each class to an HTTP status in one place (``server/errors.py``)::
+
+    LocalLLMError                      500
+    ├── InvalidRequest                 400  bad input of any kind
+    │   ├── InvalidName                400  a model name that does not parse
+    │   ├── InvalidDigest              400  not sha256:<64 hex>
+    │   ├── DigestMismatch             400  uploaded bytes do not hash to the digest
+    │   └── AmbiguousFile              400  a Hub repo with several files and no way to choose
+    ├── NotFound                       404
+    │   ├── ModelNotFound              404  no such model in the store
+    │   ├── BlobNotFound               404
+    │   └── RemoteNotFound             404  no such repository or file on the Hub
+    ├── InvalidModelFile               422  a GGUF that is truncated or malformed
+    ├── RegistryError                  502  the Hub failed or lied
+    │   └── VerificationFailed         502  downloaded bytes do not match the Hub's sha256
+    ├── StorageError                   507  the disk is full or not writable
+    └── ClientError                         raised by the CLI's client, never served
+        ├── DaemonUnavailable               no daemon answers at LOCALLLM_HOST
+        └── ApiError                        the daemon answered with an error (carries its status)
+"""
+
+from __future__ import annotations
+
+
+class LocalLLMError(Exception):
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(LocalLLMError):
+    status_code = 400
+
+
+class InvalidName(InvalidRequest):
+    pass
+
+
+class InvalidDigest(InvalidRequest):
+    pass
+
+
+class DigestMismatch(InvalidRequest):
+    pass
+
+
+class AmbiguousFile(InvalidRequest):
+    pass
+
+
+class NotFound(LocalLLMError):
+    status_code = 404
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class BlobNotFound(NotFound):
+    pass
+
+
+class RemoteNotFound(NotFound):
+    pass
+
+
+class InvalidModelFile(LocalLLMError):
+    status_code = 422
+
+
+class RegistryError(LocalLLMError):
+    status_code = 502
+
+
+class VerificationFailed(RegistryError):
+    pass
+
+
+class StorageError(LocalLLMError):
+    status_code = 507
+
+
+class ClientError(LocalLLMError):
+    pass
+
+
+class DaemonUnavailable(ClientError):
+    status_code = 503
+
+
+class ApiError(ClientError):
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code

@@ -1,0 +1,78 @@
+"""The FastAPI application and ``localllm serve``."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from .. import __version__
+from ..config import Settings, get_settings, is_loopback_host
+from ..store.models import ModelStore
+from ..store.registry import Puller
+from . import ollama_api
+from .errors import install_error_handlers
+from .middleware import JsonBodyMiddleware, LoopbackHostMiddleware, origin_regex
+
+log = logging.getLogger("localllm")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    store = ModelStore(settings.models_dir)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        store.blobs.ensure()
+        removed = store.prune()  # blobs left by work that was killed before its manifest
+        if removed:
+            log.info("removed %d unreferenced blob(s)", len(removed))
+        yield
+
+    app = FastAPI(
+        title="localllm",
+        version=__version__,
+        description="Ollama-compatible native API of localllm.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.puller = Puller(store, settings)
+    install_error_handlers(app)
+    app.include_router(ollama_api.router)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origin_regex=origin_regex(settings.extra_origins),
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        allow_headers=["*"],
+    )
+    app.add_middleware(JsonBodyMiddleware)
+    host, _ = settings.bind
+    if is_loopback_host(host):
+        app.add_middleware(LoopbackHostMiddleware)
+    return app
+
+
+def configure_logging(settings: Settings) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    try:
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            logging.handlers.RotatingFileHandler(settings.logs_dir / "server.log", maxBytes=10_000_000, backupCount=3)
+        )
+    except OSError:
+        pass
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers)
+
+
+def serve(settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    configure_logging(settings)
+    host, port = settings.bind
+    log.info("localllm %s listening on %s:%d, models in %s", __version__, host, port, settings.models_dir)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -1,0 +1,120 @@
+"""The Ollama-style native API: ``/api/...``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..names import ModelName
+from ..store.blobs import parse_digest
+from ..store.describe import list_entry, show
+from ..store.models import ModelStore
+from ..store.registry import Puller
+from .schemas import CopyRequest, DeleteRequest, PullRequest, ShowRequest
+from .streaming import Event, events_from_thread, ndjson
+
+router = APIRouter()
+NDJSON = "application/x-ndjson"
+
+
+def _store(request: Request) -> ModelStore:
+    return request.app.state.store
+
+
+def _puller(request: Request) -> Puller:
+    return request.app.state.puller
+
+
+@router.get("/", response_class=PlainTextResponse, include_in_schema=False)
+@router.head("/", response_class=PlainTextResponse, include_in_schema=False)
+async def root() -> str:
+    # The exact words Ollama's clients and tools probe for.
+    return "Ollama is running"
+
+
+@router.get("/api/version")
+async def version() -> dict[str, str]:
+    return {"version": __version__}
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> dict[str, list[dict]]:
+    store = _store(request)
+
+    def collect() -> list[dict]:
+        return [list_entry(store, entry) for entry in store.list()]
+
+    return {"models": await run_in_threadpool(collect)}
+
+
+@router.post("/api/show")
+async def show_model(body: ShowRequest, request: Request) -> dict:
+    name = ModelName.parse(body.model)
+    store = _store(request)
+
+    def describe() -> dict:
+        return show(store, store.get(name), verbose=body.verbose)
+
+    return await run_in_threadpool(describe)
+
+
+@router.post("/api/pull")
+async def pull(body: PullRequest, request: Request) -> Response:
+    name = ModelName.parse(body.model)
+    puller = _puller(request)
+    plan = await run_in_threadpool(puller.plan, name)  # unknown repo/tag: a proper 4xx, before any stream
+
+    if not body.stream:
+        await run_in_threadpool(puller.execute, plan, lambda _event: None)
+        return JSONResponse({"status": "success"})
+
+    async def events() -> AsyncIterator[Event]:
+        yield {"status": "pulling manifest"}
+        async for event in events_from_thread(lambda emit: puller.execute(plan, emit)):
+            yield event
+
+    return StreamingResponse(ndjson(events()), media_type=NDJSON)
+
+
+@router.delete("/api/delete")
+async def delete(body: DeleteRequest, request: Request) -> Response:
+    name = ModelName.parse(body.model)
+    await run_in_threadpool(_store(request).delete, name)
+    return Response(status_code=200)
+
+
+@router.post("/api/copy")
+async def copy(body: CopyRequest, request: Request) -> Response:
+    source = ModelName.parse(body.source)
+    destination = ModelName.parse(body.destination)
+    await run_in_threadpool(_store(request).copy, source, destination)
+    return Response(status_code=200)
+
+
+@router.head("/api/blobs/{digest}")
+async def blob_exists(digest: str, request: Request) -> Response:
+    canonical = parse_digest(digest)
+    return Response(status_code=200 if _store(request).blobs.exists(canonical) else 404)
+
+
+@router.post("/api/blobs/{digest}", status_code=201)
+async def blob_upload(digest: str, request: Request) -> Response:
+    canonical = parse_digest(digest)
+    blobs = _store(request).blobs
+    if blobs.exists(canonical):
+        async for _ in request.stream():  # drain what the client sends
+            pass
+        return Response(status_code=200)
+    writer = await run_in_threadpool(blobs.writer)
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                writer.write(chunk)
+        await run_in_threadpool(writer.commit, canonical)
+    finally:
+        writer.abort()
+    return Response(status_code=201)

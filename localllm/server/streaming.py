@@ -1,0 +1,55 @@
+"""Bridging blocking work that reports progress (in a thread) to an async NDJSON stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ..errors import LocalLLMError
+
+log = logging.getLogger(__name__)
+Event = dict[str, Any]
+_DONE = object()
+
+
+async def events_from_thread(work: Callable[[Callable[[Event], None]], None]) -> AsyncIterator[Event]:
+    """Run ``work(emit)`` in a thread and yield what it emits; a failure becomes ``{"error"}``.
+
+    If the client goes away the work carries on to its end (a pull is worth
+    finishing; the next one would resume it anyway), only unheard.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+
+    def put(item: object) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone (shutdown)
+            pass
+
+    def run() -> None:
+        try:
+            work(put)
+        except LocalLLMError as exc:
+            put({"error": exc.message})
+        except Exception as exc:  # never a traceback to the client
+            log.exception("streamed work failed")
+            put({"error": f"internal error: {type(exc).__name__}: {exc}"})
+        finally:
+            put(_DONE)
+
+    threading.Thread(target=run, name="stream-work", daemon=True).start()
+    while True:
+        item = await queue.get()
+        if item is _DONE:
+            return
+        yield item  # type: ignore[misc]
+
+
+async def ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield json.dumps(event).encode() + b"\n"

@@ -1,0 +1,196 @@
+"""Downloading one Hub file into the blob store, resumable and verified.
+
+The bytes travel through ``huggingface_hub``'s own ``http_get`` (its retries
+resume a dropped connection with a ``Range`` request), into
+``blobs/sha256-<hex>-partial``, a file named after the digest the Hub
+announced. A later pull, even after the process was killed, continues from
+the bytes already there. The sha256 is computed while the bytes are written
+(``huggingface_hub`` itself checks only the size), so verification costs no
+second read; a mismatch deletes the bytes.
+
+Concurrent pulls that need the same blob share one :class:`Download`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import file_download
+from huggingface_hub.errors import HfHubHTTPError
+
+from ..errors import LocalLLMError, RegistryError, VerificationFailed
+from .blobs import BlobStore, storage_error
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 8 * 1024 * 1024
+
+
+class _HashingWriter:
+    """A file wrapper that hashes what is written, for ``http_get``.
+
+    ``http_get`` writes chunks, and on a server that ignores ``Range`` seeks
+    back and truncates; both keep the hash in step with the file's bytes.
+    """
+
+    def __init__(self, handle, on_progress: Callable[[int], None]) -> None:
+        self._handle = handle
+        self._on_progress = on_progress
+        self._hasher = hashlib.sha256()
+        self._rehash(handle.seek(0, os.SEEK_END))
+
+    def _rehash(self, upto: int) -> None:
+        self._hasher = hashlib.sha256()
+        self._handle.seek(0)
+        remaining = upto
+        while remaining > 0:
+            block = self._handle.read(min(READ_CHUNK, remaining))
+            if not block:
+                break
+            self._hasher.update(block)
+            remaining -= len(block)
+        self._handle.seek(upto)
+        self._on_progress(upto)
+
+    def write(self, data: bytes) -> int:
+        self._hasher.update(data)
+        written = self._handle.write(data)
+        self._on_progress(self._handle.tell())
+        return written
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        position = self._handle.seek(offset, whence)
+        self._handle.truncate(position)
+        self._rehash(position)
+        return position
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._handle.truncate(size)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    @property
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
+
+
+@dataclass
+class Download:
+    """One blob being fetched; any number of pulls may wait on it."""
+
+    digest: str
+    total: int
+    completed: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    error: LocalLLMError | None = None
+
+
+@dataclass(frozen=True)
+class HubSource:
+    url: str
+    headers: dict[str, str]
+    filename: str
+
+
+class Downloads:
+    """Fetches blobs; two requests for the same digest share one transfer."""
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self._blobs = blobs
+        self._lock = threading.Lock()
+        self._active: dict[str, Download] = {}
+
+    def fetch(self, digest: str, size: int, source: HubSource) -> Download:
+        """Start (or join) the download of ``digest``; returns at once."""
+        with self._lock:
+            current = self._active.get(digest)
+            if current is not None:
+                return current
+            download = Download(digest=digest, total=size)
+            self._active[digest] = download
+        thread = threading.Thread(
+            target=self._run, args=(download, source), name=f"download-{digest[7:19]}", daemon=True
+        )
+        thread.start()
+        return download
+
+    def _run(self, download: Download, source: HubSource) -> None:
+        try:
+            self._transfer(download, source)
+        except LocalLLMError as exc:
+            download.error = exc
+        except Exception as exc:  # keep the daemon alive, tell the waiting pulls
+            log.exception("download of %s failed", source.filename)
+            download.error = RegistryError(f"downloading {source.filename} failed: {exc}")
+        finally:
+            with self._lock:
+                self._active.pop(download.digest, None)
+            download.done.set()
+
+    def _transfer(self, download: Download, source: HubSource) -> None:
+        blobs = self._blobs
+        blobs.ensure()
+        partial = blobs.partial_path(download.digest)
+        expected_hex = download.digest.split(":", 1)[1]
+
+        def progress(completed: int) -> None:
+            download.completed = completed
+
+        try:
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error(exc, f"downloading {source.filename}") from exc
+        with os.fdopen(fd, "r+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RegistryError(
+                    f"{source.filename} is being downloaded by another localllm process; try again when it is done"
+                ) from None
+            try:
+                have = handle.seek(0, os.SEEK_END)
+                if have > download.total:  # not a prefix of this file: start over
+                    handle.truncate(0)
+                    have = 0
+                writer = _HashingWriter(handle, progress)
+                if have < download.total or download.total == 0:
+                    file_download.http_get(
+                        source.url,
+                        writer,  # type: ignore[arg-type]
+                        resume_size=have,
+                        headers=source.headers,
+                        expected_size=download.total,
+                        displayed_filename=source.filename,
+                    )
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError as exc:
+                if isinstance(exc, HfHubHTTPError):
+                    raise RegistryError(f"the Hub refused {source.filename}: {exc}") from exc
+                if "Consistency check failed" in str(exc):
+                    raise RegistryError(f"downloading {source.filename} ended early: {exc}") from exc
+                raise storage_error(exc, f"downloading {source.filename}") from exc
+            except httpx2.HTTPError as exc:
+                raise RegistryError(
+                    f"downloading {source.filename} failed ({exc}); pull again to resume where it stopped"
+                ) from exc
+
+            actual = writer.hexdigest
+            if actual != expected_hex:
+                partial.unlink(missing_ok=True)
+                raise VerificationFailed(
+                    f"sha256 mismatch for {source.filename}: the Hub announced sha256:{expected_hex} "
+                    f"but the downloaded bytes hash to sha256:{actual}; the download was deleted"
+                )
+            blobs.adopt(partial, download.digest)

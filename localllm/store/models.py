@@ -1,0 +1,126 @@
+"""The model store: manifests that name blobs, kept consistent under one lock.
+
+Deleting a model prunes the blobs no other manifest uses; blobs an unfinished
+pull or create is about to reference are pinned so a concurrent prune cannot
+take them away between their verification and their manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import BlobNotFound, InvalidModelFile
+from ..names import ModelName
+from .blobs import BlobStore
+from .manifests import CONFIG_MEDIA_TYPE, Layer, Manifest, ManifestEntry, ManifestStore, MediaType
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = BlobStore(root / "blobs")
+        self.manifests = ManifestStore(root / "manifests")
+        self._lock = threading.RLock()
+        self._pins: Counter[str] = Counter()
+
+    # --- reading -------------------------------------------------------------
+    def get(self, name: ModelName) -> ManifestEntry:
+        return self.manifests.get(name)
+
+    def exists(self, name: ModelName) -> bool:
+        return self.manifests.exists(name)
+
+    def list(self) -> list[ManifestEntry]:
+        return self.manifests.entries()
+
+    def config(self, entry: ManifestEntry) -> dict[str, Any]:
+        try:
+            return json.loads(self.blobs.read_text(entry.manifest.config.digest))
+        except (OSError, ValueError):
+            return {}
+
+    def model_paths(self, manifest: Manifest) -> list[Path]:
+        """The GGUF file(s) of a model, in split order."""
+        return [self.blobs.path(layer.digest) for layer in manifest.layers_of(MediaType.MODEL)]
+
+    def layer_text(self, manifest: Manifest, media_type: str) -> str | None:
+        layer = manifest.layer(media_type)
+        if layer is None:
+            return None
+        try:
+            return self.blobs.read_text(layer.digest)
+        except OSError:
+            return None
+
+    def layer_json(self, manifest: Manifest, media_type: str) -> Any:
+        text = self.layer_text(manifest, media_type)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise InvalidModelFile(f"the {media_type.rsplit('.', 1)[-1]} layer is not valid JSON") from exc
+
+    # --- writing -------------------------------------------------------------
+    def add_bytes(self, data: bytes, media_type: str, **annotations: str) -> Layer:
+        digest, size = self.blobs.write_bytes(data)
+        return Layer(mediaType=media_type, digest=digest, size=size, annotations=annotations or None)
+
+    def add_config(self, config: dict[str, Any]) -> Layer:
+        return self.add_bytes(json.dumps(config, sort_keys=True).encode(), CONFIG_MEDIA_TYPE)
+
+    def commit(self, name: ModelName, manifest: Manifest) -> None:
+        """Write ``name``'s manifest once every blob it names is in place."""
+        with self._lock:
+            for digest in manifest.digests:
+                if not self.blobs.exists(digest):
+                    raise BlobNotFound(f"blob {digest} is missing; the model was not written")
+            self.manifests.write(name, manifest)
+
+    def copy(self, source: ModelName, destination: ModelName) -> None:
+        with self._lock:
+            entry = self.get(source)
+            self.manifests.write(destination, entry.manifest)
+
+    def delete(self, name: ModelName) -> list[str]:
+        with self._lock:
+            self.manifests.delete(name)
+            return self.prune()
+
+    def prune(self) -> list[str]:
+        """Remove blobs no manifest references and no unfinished work has pinned."""
+        with self._lock:
+            referenced: set[str] = set()
+            for entry in self.manifests.entries():
+                referenced |= entry.manifest.digests
+            removed = []
+            for digest in self.blobs.digests():
+                if digest not in referenced and not self._pins[digest]:
+                    self.blobs.remove(digest)
+                    removed.append(digest)
+            return removed
+
+    @contextmanager
+    def pinned(self, digests: Iterable[str] = ()) -> Iterator[Callable[[str], None]]:
+        """Keep ``digests`` (and any added through the yielded function) from being pruned."""
+        held: list[str] = []
+
+        def add(digest: str) -> None:
+            with self._lock:
+                self._pins[digest] += 1
+                held.append(digest)
+
+        for digest in digests:
+            add(digest)
+        try:
+            yield add
+        finally:
+            with self._lock:
+                self._pins.subtract(held)
+                self._pins += Counter()  # drop zero counts
