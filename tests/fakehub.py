@@ -278,17 +278,23 @@ class FakeHub:
         with self._lock:
             self._requests.append(record)
 
+    def _canonical(self, repo_id: str) -> str:
+        """Repo ids match case-insensitively, as on the Hub."""
+        if repo_id in self._repos:
+            return repo_id
+        return next((r for r in self._repos if r.lower() == repo_id.lower()), repo_id)
+
     def _lookup(self, repo_id: str) -> tuple[str, dict[str, _File], set[str], set[str]] | None:
         """(commit, files, directories, revisions) of a repo, or None."""
         with self._lock:
-            repo = self._repos.get(repo_id)
+            repo = self._repos.get(self._canonical(repo_id))
             if repo is None:
                 return None
             return repo.commit, dict(repo.files), repo.directories(), set(repo.revisions)
 
     def _faults(self, repo_id: str, path: str) -> tuple[int | None, int | None]:
         """(drop after n bytes, bytes per second) for the next GET; consumes one drop."""
-        key = (repo_id, path)
+        key = (self._canonical(repo_id), path)
         with self._lock:
             drop = None
             if key in self._drops:

@@ -104,7 +104,8 @@ async def blob_exists(digest: str, request: Request) -> Response:
 @router.post("/api/blobs/{digest}", status_code=201)
 async def blob_upload(digest: str, request: Request) -> Response:
     canonical = parse_digest(digest)
-    blobs = _store(request).blobs
+    store = _store(request)
+    blobs = store.blobs
     if blobs.exists(canonical):
         async for _ in request.stream():  # drain what the client sends
             pass
@@ -114,7 +115,7 @@ async def blob_upload(digest: str, request: Request) -> Response:
         async for chunk in request.stream():
             if chunk:
                 writer.write(chunk)
-        await run_in_threadpool(writer.commit, canonical)
+        await run_in_threadpool(store.finish_upload, writer, canonical)
     finally:
         writer.abort()
     return Response(status_code=201)

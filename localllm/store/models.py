@@ -1,14 +1,17 @@
 """The model store: manifests that name blobs, kept consistent under one lock.
 
-Deleting a model prunes the blobs no other manifest uses; blobs an unfinished
-pull or create is about to reference are pinned so a concurrent prune cannot
-take them away between their verification and their manifest.
+Deleting a model prunes the blobs no other manifest uses. Two things keep a
+prune from taking blobs that are about to be referenced: a blob written
+through the store stays *fresh* (unprunable) until a manifest commits it or
+an hour passes (a client uploads blobs, then calls create), and a pull pins
+the digests it is fetching for as long as it runs.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,8 +20,11 @@ from typing import Any
 
 from ..errors import BlobNotFound, InvalidModelFile
 from ..names import ModelName
-from .blobs import BlobStore
+from .blobs import BlobStore, BlobWriter
 from .manifests import CONFIG_MEDIA_TYPE, Layer, Manifest, ManifestEntry, ManifestStore, MediaType
+
+
+FRESH_SECONDS = 3600.0
 
 
 class ModelStore:
@@ -28,6 +34,7 @@ class ModelStore:
         self.manifests = ManifestStore(root / "manifests")
         self._lock = threading.RLock()
         self._pins: Counter[str] = Counter()
+        self._fresh: dict[str, float] = {}
 
     # --- reading -------------------------------------------------------------
     def get(self, name: ModelName) -> ManifestEntry:
@@ -68,9 +75,23 @@ class ModelStore:
             raise InvalidModelFile(f"the {media_type.rsplit('.', 1)[-1]} layer is not valid JSON") from exc
 
     # --- writing -------------------------------------------------------------
+    def mark_fresh(self, digest: str) -> None:
+        """Protect a just-written blob from pruning until a manifest uses it."""
+        with self._lock:
+            self._fresh[digest] = time.monotonic()
+
     def add_bytes(self, data: bytes, media_type: str, **annotations: str) -> Layer:
-        digest, size = self.blobs.write_bytes(data)
+        with self._lock:  # no prune between the write and the mark
+            digest, size = self.blobs.write_bytes(data)
+            self.mark_fresh(digest)
         return Layer(mediaType=media_type, digest=digest, size=size, annotations=annotations or None)
+
+    def finish_upload(self, writer: BlobWriter, expected: str) -> str:
+        """Verify an uploaded blob against ``expected`` and keep it fresh for a create."""
+        with self._lock:
+            digest, _ = writer.commit(expected)
+            self.mark_fresh(digest)
+        return digest
 
     def add_config(self, config: dict[str, Any]) -> Layer:
         return self.add_bytes(json.dumps(config, sort_keys=True).encode(), CONFIG_MEDIA_TYPE)
@@ -82,6 +103,8 @@ class ModelStore:
                 if not self.blobs.exists(digest):
                     raise BlobNotFound(f"blob {digest} is missing; the model was not written")
             self.manifests.write(name, manifest)
+            for digest in manifest.digests:
+                self._fresh.pop(digest, None)
 
     def copy(self, source: ModelName, destination: ModelName) -> None:
         with self._lock:
@@ -99,9 +122,11 @@ class ModelStore:
             referenced: set[str] = set()
             for entry in self.manifests.entries():
                 referenced |= entry.manifest.digests
+            now = time.monotonic()
+            self._fresh = {d: t for d, t in self._fresh.items() if now - t < FRESH_SECONDS}
             removed = []
             for digest in self.blobs.digests():
-                if digest not in referenced and not self._pins[digest]:
+                if digest not in referenced and not self._pins[digest] and digest not in self._fresh:
                     self.blobs.remove(digest)
                     removed.append(digest)
             return removed
