@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("host", mode="after")
+    @classmethod
+    def _valid_host(cls, value: str) -> str:
+        parse_host(value)
+        return value
+
     @field_validator("hf_endpoint", mode="after")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

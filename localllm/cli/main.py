@@ -7,6 +7,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -176,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except LocalLLMError as exc:
         err.print(f"Error: {exc.message}", markup=False)
+        return 1
+    except ValidationError as exc:
+        problems = "; ".join(f"LOCALLLM_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        err.print(f"Error: invalid setting ({problems})", markup=False)
         return 1
     except KeyboardInterrupt:
         return 130
