@@ -26,3 +26,4 @@ set -x
 $localllm pull gemma3:270m
 $localllm list
 $localllm show gemma3:270m
+set +x

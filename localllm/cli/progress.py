@@ -17,24 +17,37 @@ from rich.progress import (
 )
 
 
-def show_pull(events: Iterable[dict[str, Any]], console: Console) -> None:
-    progress = Progress(
+def _bars(console: Console) -> Progress:
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=console,
-        transient=False,
     )
+
+
+def show_pull(events: Iterable[dict[str, Any]], console: Console) -> None:
+    """Render Ollama-shaped pull events: bars while files arrive, status lines in between."""
+    progress: Progress | None = None
     tasks: dict[str, TaskID] = {}
-    with progress:
+    try:
         for event in events:
             digest = event.get("digest")
             if digest and event.get("total"):
-                task = tasks.get(digest)
-                if task is None:
-                    task = tasks[digest] = progress.add_task(event["status"], total=event["total"])
-                progress.update(task, completed=event.get("completed", 0))
-            else:
-                progress.console.print(event.get("status", ""))
+                if progress is None:
+                    progress = _bars(console)
+                    progress.start()
+                    tasks.clear()
+                if digest not in tasks:
+                    tasks[digest] = progress.add_task(event["status"], total=event["total"])
+                progress.update(tasks[digest], completed=event.get("completed", 0))
+                continue
+            if progress is not None:  # the files are done: leave their bars, go on below them
+                progress.stop()
+                progress = None
+            console.print(event.get("status", ""), markup=False)
+    finally:
+        if progress is not None:
+            progress.stop()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,15 +201,26 @@ class Puller:
             emit({"status": status, "digest": planned.digest, "total": planned.size, "completed": planned.size})
             return
         if planned.repo_path is None:
-            emit({"status": status, "digest": planned.digest, "total": planned.size, "completed": 0})
-            model = bundled.gemma3_270m()
-            blobs.write_chunks(model.read(), expected=planned.digest)
-            emit({"status": status, "digest": planned.digest, "total": planned.size, "completed": planned.size})
+            self._import_bundled(planned, status, emit)
             return
         assert plan.repo_id is not None
         source = self._hub_source(plan, planned)
         download = self.downloads.fetch(planned.digest, planned.size, source)
         self._follow(download, status, emit)
+
+    def _import_bundled(self, planned: PlannedFile, status: str, emit: Emit) -> None:
+        def chunks_with_progress() -> Iterator[bytes]:
+            done, last = 0, 0.0
+            for chunk in bundled.gemma3_270m().read():
+                yield chunk
+                done += len(chunk)
+                if time.monotonic() - last >= PROGRESS_INTERVAL:
+                    last = time.monotonic()
+                    emit({"status": status, "digest": planned.digest, "total": planned.size, "completed": done})
+
+        emit({"status": status, "digest": planned.digest, "total": planned.size, "completed": 0})
+        self.store.blobs.write_chunks(chunks_with_progress(), expected=planned.digest)
+        emit({"status": status, "digest": planned.digest, "total": planned.size, "completed": planned.size})
 
     def _hub_source(self, plan: PullPlan, planned: PlannedFile) -> HubSource:
         assert plan.repo_id is not None and planned.repo_path is not None
