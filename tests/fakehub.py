@@ -62,17 +62,17 @@ class _File:
     data: bytes | None
     source: pathlib.Path | None
 
-    def entry(self) -> dict[str, Any]:
+    def entry(self, lfs: bool = True) -> dict[str, Any]:
         """Tree / paths-info entry."""
         out: dict[str, Any] = {"type": "file", "oid": self.oid, "size": self.size, "path": self.path}
-        if self.lfs:
+        if self.lfs and lfs:
             out["lfs"] = {"oid": self.advertised_sha256, "size": self.size, "pointerSize": self.pointer_size}
         return out
 
-    def sibling(self) -> dict[str, Any]:
+    def sibling(self, lfs: bool = True) -> dict[str, Any]:
         """``siblings`` entry of the model info."""
         out: dict[str, Any] = {"rfilename": self.path, "size": self.size, "blobId": self.oid}
-        if self.lfs:
+        if self.lfs and lfs:
             out["lfs"] = {"sha256": self.advertised_sha256, "size": self.size, "pointerSize": self.pointer_size}
         return out
 
@@ -136,6 +136,9 @@ class FakeHub:
         self._repos: dict[str, _Repo] = {}
         self._drops: dict[tuple[str, str], list[int]] = {}  # -> [nbytes, times left]
         self._throttles: dict[tuple[str, str], int] = {}
+        self.ignore_range = False  # answer 200 with the whole file to a Range request, as some CDNs do
+        self.tree_api = True  # False: /tree answers 404, as a Hub mirror without it would
+        self.lfs_in_listings = True  # False: tree and model info carry no lfs details (only the HEAD's ETag)
         self._requests: list[RequestRecord] = []
         self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
@@ -443,13 +446,13 @@ class _Handler(BaseHTTPRequestHandler):
         subpath = "/".join(args[1:]).strip("/")
 
         if action in (None, "revision") and self.command == "GET" and len(args) <= 1:
-            siblings = [files[p].sibling() for p in sorted(files)]
+            siblings = [files[p].sibling(self.hub.lfs_in_listings) for p in sorted(files)]
             return self._json(200, _model_info(repo_id, commit, siblings))
-        if action == "tree" and self.command == "GET":
+        if action == "tree" and self.command == "GET" and self.hub.tree_api:
             return self._tree(repo_id, commit, files, dirs, subpath, query)
         if action == "paths-info" and self.command == "POST" and len(args) == 1:
             paths = self._posted_paths(body)
-            entries = [_entry(repo_id, commit, files, dirs, p.strip("/")) for p in paths]
+            entries = [_entry(repo_id, commit, files, dirs, p.strip("/"), self.hub.lfs_in_listings) for p in paths]
             return self._json(200, [e for e in entries if e is not None])
         self._error(404, None, "Sorry, we can't find the page you are looking for.")
 
@@ -478,7 +481,7 @@ class _Handler(BaseHTTPRequestHandler):
         page_size = max(1, self.hub.tree_page_size)
         cursor = int((query.get("cursor") or ["0"])[0])
         page = names[cursor : cursor + page_size]
-        entries = [_entry(repo_id, commit, files, dirs, p) for p in page]
+        entries = [_entry(repo_id, commit, files, dirs, p, self.hub.lfs_in_listings) for p in page]
         headers = {}
         if cursor + page_size < len(names):
             params = {k: v[0] for k, v in query.items() if k != "cursor"} | {"cursor": str(cursor + page_size)}
@@ -509,7 +512,7 @@ class _Handler(BaseHTTPRequestHandler):
         if f.lfs:
             headers["X-Linked-Etag"] = f'"{f.advertised_sha256}"'
             headers["X-Linked-Size"] = str(f.size)
-        range_header = self.headers.get("Range") if self.command == "GET" else None
+        range_header = self.headers.get("Range") if self.command == "GET" and not self.hub.ignore_range else None
         if range_header:
             parsed = _parse_range(range_header, f.size)
             if parsed is None:
@@ -600,9 +603,11 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
-def _entry(repo_id: str, commit: str, files: dict[str, _File], dirs: set[str], path: str) -> dict[str, Any] | None:
+def _entry(
+    repo_id: str, commit: str, files: dict[str, _File], dirs: set[str], path: str, lfs: bool = True
+) -> dict[str, Any] | None:
     if path in files:
-        return files[path].entry()
+        return files[path].entry(lfs)
     if path in dirs:
         oid = hashlib.sha1(f"tree:{repo_id}:{commit}:{path}".encode()).hexdigest()
         return {"type": "directory", "oid": oid, "size": 0, "path": path}

@@ -310,3 +310,34 @@ def test_embedded_default_needs_no_network(daemon: Daemon, hub: FakeHub, gemma_p
     again = pull_events(daemon, "gemma3:270m")
     assert again[-1] == {"status": "success"}
     assert all(e["completed"] == e["total"] for e in again if e.get("digest"))
+
+
+def test_a_server_that_ignores_range_restarts_cleanly(make_daemon, hub: FakeHub, gemma_path: Path) -> None:
+    repo, file = "google/gemma-3-270m-GGUF", "gemma-3-270m-Q4_K_M.gguf"
+    hub.add_file(repo, file, gemma_path)
+    daemon: Daemon = make_daemon().start()
+    partial = daemon.home / "models" / "blobs" / f"{sha(gemma_path).replace(':', '-')}-partial"
+    partial.write_bytes(b"\xff" * 1_000_000)  # wrong bytes: only a restart from zero can succeed
+    hub.ignore_range = True
+    assert pull_events(daemon, f"hf.co/{repo}")[-1] == {"status": "success"}
+    gets = [r for r in hub.requests if r.method == "GET" and r.path.endswith(".gguf")]
+    assert gets[0].range == "bytes=1000000-" and gets[0].status == 200
+
+
+def test_listings_without_lfs_details_use_the_file_etag(daemon: Daemon, hub: FakeHub, tmp_path: Path) -> None:
+    files = publish(hub, tmp_path, "acme/plain", {"m.Q4_K_M.gguf": Q.MOSTLY_Q4_K_M})
+    hub.lfs_in_listings = False
+    hub.tree_api = False
+    assert pull_events(daemon, "hf.co/acme/plain")[-1] == {"status": "success"}
+    assert model_digests(daemon, "hf.co/acme/plain") == [sha(files["m.Q4_K_M.gguf"])[7:]]
+    assert any("/tree/" in r.path for r in hub.requests)  # it tried the tree first
+    assert any(r.path == "/api/models/acme/plain" for r in hub.requests)
+
+
+def test_verified_bytes_that_are_no_gguf_are_refused(daemon: Daemon, hub: FakeHub) -> None:
+    hub.add_file("acme/fake", "fake.Q4_K_M.gguf", b"GGUF" + b"\0" * 5000)
+    with daemon.client() as client:
+        response = client.post("/api/pull", json={"model": "hf.co/acme/fake", "stream": False})
+    assert response.status_code == 422 and "not a valid GGUF" in response.json()["error"]
+    assert tags(daemon) == {}
+    assert list((daemon.home / "models" / "blobs").iterdir()) == []

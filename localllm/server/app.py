@@ -30,8 +30,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         store.blobs.ensure()
         removed = store.prune()  # blobs left by work that was killed before its manifest
-        if removed:
-            log.info("removed %d unreferenced blob(s)", len(removed))
+        stale = store.blobs.remove_stale_temps()
+        if removed or stale:
+            log.info("removed %d unreferenced blob(s) and %d stale temp file(s)", len(removed), stale)
         yield
 
     app = FastAPI(

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -76,6 +77,21 @@ class BlobStore:
             for entry in self.root.iterdir()
             if _BLOB_FILE.fullmatch(entry.name)
         ]
+
+    def remove_stale_temps(self, older_than: float = 3600.0) -> int:
+        """Delete temp files that a killed process left (never a partial download: those resume)."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = time.time() - older_than
+        removed = 0
+        for entry in self.root.glob(".tmp-*"):
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     def remove(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
@@ -106,10 +107,25 @@ class Puller:
         choice = choose(repo_id, self._list_files(repo_id), selector)
         return PullPlan(
             name=name,
-            files=[self._planned(repo_id, f) for f in choice.files],
+            files=[self._planned(repo_id, self._with_sha256(repo_id, f)) for f in choice.files],
             repo_id=repo_id,
             extra_layers=extra,
             source=f"hf.co/{repo_id}",
+        )
+
+    def _with_sha256(self, repo_id: str, file: RepoFile) -> RepoFile:
+        """A listing without LFS details: ask the file's HEAD, whose ETag is the sha256 for LFS files."""
+        if file.sha256 is not None:
+            return file
+        endpoint = self.settings.hf_endpoint
+        url = hf_hub_url(repo_id, file.path, endpoint=endpoint)
+        with _hub_errors(repo_id, endpoint, file.path):
+            meta = get_hf_file_metadata(url, token=self.settings.hf_token or False, endpoint=endpoint)
+        etag = (meta.etag or "").lower()
+        return RepoFile(
+            path=file.path,
+            size=meta.size if meta.size is not None else file.size,
+            sha256=etag if _SHA256_HEX.fullmatch(etag) else None,
         )
 
     def _planned(self, repo_id: str, file: RepoFile) -> PlannedFile:
@@ -131,24 +147,52 @@ class Puller:
 
     def _list_files(self, repo_id: str) -> list[RepoFile]:
         with _hub_errors(repo_id, self.settings.hf_endpoint):
-            entries = self._api().list_repo_tree(repo_id, recursive=True)
-            found = []
-            for entry in entries:
-                if not isinstance(entry, HubRepoFile):
-                    continue  # a folder
-                lfs = entry.lfs
-                found.append(
-                    RepoFile(
-                        path=entry.path,
-                        size=int(lfs.size if lfs else entry.size),
-                        sha256=(lfs.sha256.lower() if lfs else None),
-                    )
+            try:
+                return self._list_tree(repo_id)
+            except (RepositoryNotFoundError, RevisionNotFoundError):
+                raise
+            except HfHubHTTPError:
+                # a Hub (or mirror) without the tree API: the repo info lists files too
+                log.info("tree listing of %s failed; using the repo info instead", repo_id)
+                return self._list_siblings(repo_id)
+
+    def _list_siblings(self, repo_id: str) -> list[RepoFile]:
+        info = self._api().model_info(repo_id, files_metadata=True)
+        return [
+            RepoFile(
+                path=sibling.rfilename,
+                size=int(sibling.lfs.size if sibling.lfs else (sibling.size or 0)),
+                sha256=(sibling.lfs.sha256.lower() if sibling.lfs else None),
+            )
+            for sibling in info.siblings or []
+        ]
+
+    def _list_tree(self, repo_id: str) -> list[RepoFile]:
+        found = []
+        for entry in self._api().list_repo_tree(repo_id, recursive=True):
+            if not isinstance(entry, HubRepoFile):
+                continue  # a folder
+            lfs = entry.lfs
+            found.append(
+                RepoFile(
+                    path=entry.path,
+                    size=int(lfs.size if lfs else entry.size),
+                    sha256=(lfs.sha256.lower() if lfs else None),
                 )
-            return found
+            )
+        return found
 
     # --- executing -----------------------------------------------------------
     def execute(self, plan: PullPlan, emit: Emit) -> None:
         """Fetch, verify and commit; ``emit`` receives Ollama-shaped progress events."""
+        try:
+            self._execute(plan, emit)
+        except BaseException:
+            self.store.prune()  # what this pull brought and no model uses (verified bytes of a bad GGUF)
+            raise
+        emit({"status": "success"})
+
+    def _execute(self, plan: PullPlan, emit: Emit) -> None:
         store = self.store
         with store.pinned(f.digest for f in plan.files) as pin:
             for planned in plan.files:
@@ -185,7 +229,6 @@ class Puller:
             pin(config.digest)
             emit({"status": "writing manifest"})
             store.commit(plan.name, Manifest(config=config, layers=layers))
-        emit({"status": "success"})
 
     def _summarize(self, plan: PullPlan) -> ModelSummary:
         try:
@@ -231,9 +274,13 @@ class Puller:
             meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
         if meta.commit_hash and plan.revision == "main":
             plan.revision = meta.commit_hash  # later parts come from the same commit
+        location = meta.location or url
         headers = build_hf_headers(token=token, library_name="localllm", library_version=__version__)
         headers["Accept-Encoding"] = "identity"
-        return HubSource(url=meta.location or url, headers=headers, filename=planned.filename)
+        if urlsplit(location).netloc != urlsplit(endpoint).netloc:
+            headers.pop("authorization", None)  # a CDN's signed URL needs no token: never hand it to another host
+            headers.pop("Authorization", None)
+        return HubSource(url=location, headers=headers, filename=planned.filename)
 
     @staticmethod
     def _follow(download: Download, status: str, emit: Emit) -> None:
