@@ -157,6 +157,18 @@ def pull_events(daemon: Daemon, model: str) -> list[dict]:
         return [json.loads(line) for line in response.iter_lines() if line.strip()]
 
 
+def publish(hub: FakeHub, tmp_path: Path, repo: str, files: dict[str, int]) -> dict[str, Path]:
+    """Publish tiny GGUFs (distinct bytes each) under the given names, labelled with the given file types."""
+    from ggufs import write_tiny_llama
+
+    out = {}
+    for seed, (name, file_type) in enumerate(files.items()):
+        path = write_tiny_llama(tmp_path / "src" / repo / name, file_type=file_type, seed=seed)
+        hub.add_file(repo, name, path)
+        out[name] = path
+    return out
+
+
 def tags(daemon: Daemon) -> dict[str, dict]:
     with daemon.client() as client:
         return {m["name"]: m for m in client.get("/api/tags").json()["models"]}

@@ -10,16 +10,14 @@ import httpx
 import ollama
 import pytest
 
-from conftest import Daemon, tags
+from conftest import Daemon, publish, tags
 from fakehub import FakeHub
-from ggufs import write_tiny_llama
 
 
 @pytest.fixture
 def tiny_repo(hub: FakeHub, tmp_path: Path) -> Path:
-    path = write_tiny_llama(tmp_path / "src" / "tiny.Q4_K_M.gguf", file_type=gguf.LlamaFileType.MOSTLY_Q4_K_M)
-    hub.add_file("acme/tiny-GGUF", "tiny.Q4_K_M.gguf", path)
-    return path
+    files = publish(hub, tmp_path, "acme/tiny-GGUF", {"tiny.Q4_K_M.gguf": gguf.LlamaFileType.MOSTLY_Q4_K_M})
+    return files["tiny.Q4_K_M.gguf"]
 
 
 def test_ollama_client_pull_list_show_copy_delete(daemon: Daemon, tiny_repo: Path) -> None:

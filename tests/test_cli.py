@@ -10,16 +10,14 @@ from pathlib import Path
 import gguf
 import pytest
 
-from conftest import ROOT, Daemon, free_port
+from conftest import ROOT, Daemon, free_port, publish
 from fakehub import FakeHub
-from ggufs import write_tiny_llama
 
 
 @pytest.fixture
 def tiny_repo(hub: FakeHub, tmp_path: Path) -> Path:
-    path = write_tiny_llama(tmp_path / "src" / "tiny.Q8_0.gguf", file_type=gguf.LlamaFileType.MOSTLY_Q8_0)
-    hub.add_file("acme/tiny-GGUF", "tiny.Q8_0.gguf", path)
-    return path
+    files = publish(hub, tmp_path, "acme/tiny-GGUF", {"tiny.Q8_0.gguf": gguf.LlamaFileType.MOSTLY_Q8_0})
+    return files["tiny.Q8_0.gguf"]
 
 
 def test_pull_list_show_cp_rm(daemon: Daemon, tiny_repo: Path) -> None:

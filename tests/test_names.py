@@ -12,7 +12,7 @@ from localllm.names import ModelName
         ("mistral", "registry.ollama.ai/library/mistral:latest", "mistral:latest"),
         ("llama2:13b", "registry.ollama.ai/library/llama2:13b", "llama2:13b"),
         ("me/mymodel:v1", "registry.ollama.ai/me/mymodel:v1", "me/mymodel:v1"),
-        ("hf.co/TheBloke/Mistral-7B-GGUF:Q4_K_M", "hf.co/TheBloke/Mistral-7B-GGUF:Q4_K_M", "hf.co/TheBloke/Mistral-7B-GGUF:Q4_K_M"),
+        ("hf.co/TheBloke/M-GGUF:Q4_K_M", "hf.co/TheBloke/M-GGUF:Q4_K_M", "hf.co/TheBloke/M-GGUF:Q4_K_M"),
         ("https://huggingface.co/u/r", "huggingface.co/u/r:latest", "huggingface.co/u/r:latest"),
         ("localhost:5000/ns/m:t", "localhost:5000/ns/m:t", "localhost:5000/ns/m:t"),
         ("hf.co/u/r:model.Q8_0.gguf", "hf.co/u/r:model.Q8_0.gguf", "hf.co/u/r:model.Q8_0.gguf"),

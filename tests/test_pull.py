@@ -11,7 +11,7 @@ import gguf
 import httpx
 import pytest
 
-from conftest import Daemon, pull_events, tags
+from conftest import Daemon, publish, pull_events, tags
 from fakehub import FakeHub
 from ggufs import write_split_llama, write_tiny_llama
 
@@ -20,16 +20,6 @@ Q = gguf.LlamaFileType
 
 def sha(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def publish(hub: FakeHub, tmp_path: Path, repo: str, files: dict[str, int]) -> dict[str, Path]:
-    """Publish tiny GGUFs (distinct bytes each) under the given names with file_type labels."""
-    out = {}
-    for seed, (name, file_type) in enumerate(files.items()):
-        path = write_tiny_llama(tmp_path / "src" / repo / name, file_type=file_type, seed=seed)
-        hub.add_file(repo, name, path)
-        out[name] = path
-    return out
 
 
 @pytest.fixture

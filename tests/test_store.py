@@ -39,7 +39,14 @@ def test_mismatched_bytes_leave_nothing(store: ModelStore) -> None:
 
 @pytest.mark.parametrize(
     "digest",
-    ["sha256:../../etc/passwd", "sha256:" + "0" * 63, "sha512:" + "0" * 64, "sha256:" + "g" * 64, "", "sha256-" + "0" * 65],
+    [
+        "sha256:../../etc/passwd",
+        "sha256:" + "0" * 63,
+        "sha512:" + "0" * 64,
+        "sha256:" + "g" * 64,
+        "",
+        "sha256-" + "0" * 65,
+    ],
 )
 def test_bad_digests_never_become_paths(store: ModelStore, digest: str) -> None:
     with pytest.raises(InvalidDigest):

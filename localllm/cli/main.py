@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,21 +29,29 @@ def human_size(size: int) -> str:
     return f"{size} B"
 
 
+_AGO_UNITS = (  # unit, its length in seconds, used below this age
+    ("second", 1, 60),
+    ("minute", 60, 3600),
+    ("hour", 3600, 86400),
+    ("day", 86400, 86400 * 30),
+    ("month", 86400 * 30, 86400 * 365),
+    ("year", 86400 * 365, float("inf")),
+)
+
+
 def human_ago(iso: str) -> str:
+    """``2026-11-30T08:00:00+00:00`` → ``3 minutes ago``, as ``ollama list`` shows it."""
     try:
-        then = datetime.fromisoformat(iso)
-    except ValueError:
+        seconds = (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
+    except (ValueError, TypeError):
         return iso
-    seconds = (datetime.now(timezone.utc) - then).total_seconds()
-    for limit, unit in ((60, "second"), (3600, "minute"), (86400, "hour"), (86400 * 30, "day"), (86400 * 365, "month")):
-        if seconds < limit:
-            divisor = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "month": 86400 * 30}[unit]
-            count = max(int(seconds // divisor), 1) if unit != "second" else int(seconds)
-            if unit == "second" and count < 5:
-                return "Just now"
+    if seconds < 5:
+        return "Just now"
+    for unit, length, below in _AGO_UNITS:
+        if seconds < below:
+            count = int(seconds // length)
             return f"{count} {unit}{'s' if count != 1 else ''} ago"
-    years = int(seconds // (86400 * 365))
-    return f"{years} year{'s' if years != 1 else ''} ago"
+    return iso
 
 
 # --- commands ---------------------------------------------------------------

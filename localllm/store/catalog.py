@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 
 from ..errors import RemoteNotFound
@@ -151,7 +151,8 @@ def lookup(name: ModelName) -> CatalogSource | None:
         )
     if flavor.repo_id == BUNDLED and quant is not None and quant not in flavor.quants:
         raise RemoteNotFound(
-            f"model '{name.display}' not found: {entry.name}:{flavor.size} is embedded in {', '.join(flavor.quants)} only"
+            f"model '{name.display}' not found: "
+            f"{entry.name}:{flavor.size} is embedded in {', '.join(flavor.quants)} only"
         )
     return CatalogSource(entry, flavor, quant)
 

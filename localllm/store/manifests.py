@@ -7,7 +7,7 @@ import json
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -138,7 +138,7 @@ class ManifestStore:
             name=name,
             manifest=manifest,
             digest="sha256:" + hashlib.sha256(data).hexdigest(),
-            modified_at=datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc),
+            modified_at=datetime.fromtimestamp(stat.st_mtime, tz=UTC),
             path=path,
         )
 

@@ -23,7 +23,6 @@ from ..names import ModelName
 from .blobs import BlobStore, BlobWriter
 from .manifests import CONFIG_MEDIA_TYPE, Layer, Manifest, ManifestEntry, ManifestStore, MediaType
 
-
 FRESH_SECONDS = 3600.0
 
 

@@ -21,8 +21,6 @@ from urllib.parse import urlsplit
 
 import httpx2
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
-from huggingface_hub.utils import build_hf_headers
-from huggingface_hub.hf_api import RepoFile as HubRepoFile
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -31,6 +29,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.hf_api import RepoFile as HubRepoFile
+from huggingface_hub.utils import build_hf_headers
 
 from .. import __version__
 from ..config import Settings
@@ -39,7 +39,7 @@ from ..gguf_info import ModelSummary, read_gguf
 from ..names import DEFAULT_HOST, DEFAULT_NAMESPACE, ModelName
 from . import bundled, catalog
 from .blobs import parse_digest
-from .choose import Choice, RepoFile, choose
+from .choose import RepoFile, choose
 from .download import Download, Downloads, HubSource
 from .manifests import FILENAME_ANNOTATION, Layer, Manifest, MediaType
 from .models import ModelStore
