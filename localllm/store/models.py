@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -131,19 +131,13 @@ class ModelStore:
             return removed
 
     @contextmanager
-    def pinned(self, digests: Iterable[str] = ()) -> Iterator[Callable[[str], None]]:
-        """Keep ``digests`` (and any added through the yielded function) from being pruned."""
-        held: list[str] = []
-
-        def add(digest: str) -> None:
-            with self._lock:
-                self._pins[digest] += 1
-                held.append(digest)
-
-        for digest in digests:
-            add(digest)
+    def pinned(self, digests: Iterable[str]) -> Iterator[None]:
+        """Keep ``digests`` from being pruned while the block runs (a pull fetching them)."""
+        held = list(digests)
+        with self._lock:
+            self._pins.update(held)
         try:
-            yield add
+            yield
         finally:
             with self._lock:
                 self._pins.subtract(held)

@@ -194,11 +194,12 @@ class Puller:
 
     def _execute(self, plan: PullPlan, emit: Emit) -> None:
         store = self.store
-        with store.pinned(f.digest for f in plan.files) as pin:
+        with store.pinned(f.digest for f in plan.files):
             for planned in plan.files:
                 self._fetch(plan, planned, emit)
             emit({"status": "verifying sha256 digest"})
-            model_layers = [
+            summary = self._summarize(plan)
+            layers = [
                 Layer(
                     mediaType=MediaType.MODEL,
                     digest=f.digest,
@@ -207,12 +208,8 @@ class Puller:
                 )
                 for f in plan.files
             ]
-            summary = self._summarize(plan)
-            layers = list(model_layers)
-            for media_type, data in plan.extra_layers:
-                layer = store.add_bytes(data, media_type)
-                pin(layer.digest)
-                layers.append(layer)
+            # small layers are written fresh: no prune takes them before the commit
+            layers += [store.add_bytes(data, media_type) for media_type, data in plan.extra_layers]
             config = store.add_config(
                 {
                     "model_format": summary.format,
@@ -226,7 +223,6 @@ class Puller:
                     "files": [f.repo_path or f.filename for f in plan.files],
                 }
             )
-            pin(config.digest)
             emit({"status": "writing manifest"})
             store.commit(plan.name, Manifest(config=config, layers=layers))
 
