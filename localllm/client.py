@@ -79,8 +79,38 @@ class Client:
     def pull(self, model: str, insecure: bool = False) -> Iterator[dict[str, Any]]:
         return self.stream("POST", "/api/pull", json={"model": model, "insecure": insecure, "stream": True})
 
+    def generate(self, model: str, prompt: str = "", *, stream: bool = True, **fields: Any) -> Iterator[dict[str, Any]]:
+        """``/api/generate`` chunks (one final chunk when ``stream`` is false). ``fields``: any request field."""
+        body = {"model": model, "prompt": prompt, "stream": stream, **_present(fields)}
+        if stream:
+            return self.stream("POST", "/api/generate", json=body)
+        return iter([self.request("POST", "/api/generate", json=body).json()])
+
+    def chat(
+        self, model: str, messages: list[dict[str, Any]], *, stream: bool = True, **fields: Any
+    ) -> Iterator[dict[str, Any]]:
+        """``/api/chat`` chunks; ``fields``: ``options``, ``format``, ``keep_alive``, ``tools``, ..."""
+        body = {"model": model, "messages": messages, "stream": stream, **_present(fields)}
+        if stream:
+            return self.stream("POST", "/api/chat", json=body)
+        return iter([self.request("POST", "/api/chat", json=body).json()])
+
+    def embed(self, model: str, input: str | list[str], **fields: Any) -> dict[str, Any]:
+        return self.request("POST", "/api/embed", json={"model": model, "input": input, **_present(fields)}).json()
+
+    def ps(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/api/ps").json()["models"]
+
+    def stop(self, model: str) -> None:
+        """Unload a model now (an empty generate with ``keep_alive: 0``, as Ollama's CLI does)."""
+        self.request("POST", "/api/generate", json={"model": model, "prompt": "", "keep_alive": 0, "stream": False})
+
     def copy(self, source: str, destination: str) -> None:
         self.request("POST", "/api/copy", json={"source": source, "destination": destination})
 
     def delete(self, model: str) -> None:
         self.request("DELETE", "/api/delete", json={"model": model})
+
+
+def _present(fields: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         default="",
         description="Extra CORS origins allowed besides local ones, comma-separated ('*' for any).",
     )
+    keep_alive: str = Field(
+        default="5m",
+        description="How long a model stays loaded after a request: a duration ('5m', '1h'), seconds, or -1 for ever.",
+    )
+    max_loaded_models: int = Field(default=3, ge=1, description="How many model instances may be loaded at once.")
     hf_endpoint: str = Field(
         default="https://huggingface.co",
         validation_alias=AliasChoices("HF_ENDPOINT", "LOCALLLM_HF_ENDPOINT"),

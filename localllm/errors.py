@@ -8,7 +8,9 @@ server maps each class to an HTTP status in one place (``server/errors.py``)::
     │   ├── InvalidName                400  a model name that does not parse
     │   ├── InvalidDigest              400  not sha256:<64 hex>
     │   ├── DigestMismatch             400  uploaded bytes do not hash to the digest
-    │   └── AmbiguousFile              400  a Hub repo with several files and no way to choose
+    │   ├── AmbiguousFile              400  a Hub repo with several files and no way to choose
+    │   ├── TemplateError              400  a prompt template that does not parse or render
+    │   └── UnsupportedInput           400  e.g. images for a model without vision, tools without a template for them
     ├── NotFound                       404
     │   ├── ModelNotFound              404  no such model in the store
     │   ├── BlobNotFound               404
@@ -50,6 +52,14 @@ class DigestMismatch(InvalidRequest):
 
 
 class AmbiguousFile(InvalidRequest):
+    pass
+
+
+class TemplateError(InvalidRequest):
+    pass
+
+
+class UnsupportedInput(InvalidRequest):
     pass
 
 

@@ -96,6 +96,11 @@ class ModelName:
         return self.full
 
     @property
+    def short(self) -> str:
+        """The display form without a default ``:latest``: what a person typed, most often."""
+        return self.display.removesuffix(":" + DEFAULT_TAG)
+
+    @property
     def key(self) -> str:
         """Case-insensitive identity, as Ollama matches names."""
         return self.full.lower()

@@ -172,3 +172,15 @@ def publish(hub: FakeHub, tmp_path: Path, repo: str, files: dict[str, int]) -> d
 def tags(daemon: Daemon) -> dict[str, dict]:
     with daemon.client() as client:
         return {m["name"]: m for m in client.get("/api/tags").json()["models"]}
+
+
+@pytest.fixture(scope="module")
+def gemma_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon per test module with the embedded gemma3:270m pulled (no Hub needed)."""
+    root = tmp_path_factory.mktemp("gemma-daemon")
+    server = Daemon(root / "home", "http://127.0.0.1:9", {"HF_HOME": str(root / "hf")}).start()
+    try:
+        assert pull_events(server, "gemma3:270m")[-1] == {"status": "success"}
+        yield server
+    finally:
+        server.stop()

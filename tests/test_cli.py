@@ -65,7 +65,7 @@ def test_errors_are_one_line_for_a_person(daemon: Daemon) -> None:
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith("Error: invalid model name '../../x'")
     missing = daemon.cli("show", "ghost")
-    assert missing.returncode == 1 and missing.stderr.strip() == "Error: model 'ghost:latest' not found"
+    assert missing.returncode == 1 and missing.stderr.strip() == "Error: model 'ghost' not found"
     assert "Traceback" not in bad.stderr + missing.stderr
 
 

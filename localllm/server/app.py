@@ -13,9 +13,11 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..config import Settings, get_settings, is_loopback_host
+from ..llm.options import parse_keep_alive
+from ..llm.scheduler import Scheduler
 from ..store.models import ModelStore
 from ..store.registry import Puller
-from . import ollama_api
+from . import ollama_api, ollama_inference
 from .errors import install_error_handlers
 from .middleware import JsonBodyMiddleware, LoopbackHostMiddleware, origin_regex
 
@@ -25,6 +27,9 @@ log = logging.getLogger("localllm")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     store = ModelStore(settings.models_dir)
+    scheduler = Scheduler(
+        store, max_loaded=settings.max_loaded_models, default_keep_alive=parse_keep_alive(settings.keep_alive)
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -33,7 +38,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stale = store.blobs.remove_stale_temps()
         if removed or stale:
             log.info("removed %d unreferenced blob(s) and %d stale temp file(s)", len(removed), stale)
-        yield
+        scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.stop()
 
     app = FastAPI(
         title="localllm",
@@ -44,8 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.puller = Puller(store, settings)
+    app.state.scheduler = scheduler
     install_error_handlers(app)
     app.include_router(ollama_api.router)
+    app.include_router(ollama_inference.router)
     app.add_middleware(
         CORSMiddleware,
         allow_origin_regex=origin_regex(settings.extra_origins),

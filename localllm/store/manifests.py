@@ -122,7 +122,7 @@ class ManifestStore:
     def get(self, name: ModelName) -> ManifestEntry:
         path = self._find_path(name)
         if path is None:
-            raise ModelNotFound(f"model '{name.display}' not found")
+            raise ModelNotFound(f"model '{name.short}' not found")
         return self._load(path)
 
     def _load(self, path: Path) -> ManifestEntry:
@@ -173,7 +173,7 @@ class ManifestStore:
     def delete(self, name: ModelName) -> None:
         path = self._find_path(name)
         if path is None:
-            raise ModelNotFound(f"model '{name.display}' not found")
+            raise ModelNotFound(f"model '{name.short}' not found")
         try:
             path.unlink()
         except OSError as exc:

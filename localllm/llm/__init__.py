@@ -1,0 +1,1 @@
+"""Running models: templates, prompts, tool calls, the llama.cpp runner and its scheduler."""

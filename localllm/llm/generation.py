@@ -1,0 +1,135 @@
+"""One generation from start to end, for any API face: lease a runner, build the
+prompt, stream the answer, gather Ollama's timings, parse tool calls.
+
+The native and the OpenAI-compatible APIs both shape what this yields; they
+do not talk to the runner or the scheduler themselves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .grammar import grammar_for
+from .options import Options
+from .prompts import stop_words, template_source
+from .runner import CompletionRequest, Finished, LlamaRunner, Piece, Sampling
+from .scheduler import ModelFacts, Scheduler
+from .templates import ChatTemplate
+from .tools import parse_tool_calls
+
+BuildPrompt = Callable[[LlamaRunner], tuple[list[int], ChatTemplate | None]]
+
+
+@dataclass
+class Outcome:
+    """How a generation ended, with Ollama's counters (durations in nanoseconds)."""
+
+    reason: str  # "stop" | "length"
+    text: str
+    prompt_eval_count: int
+    prompt_eval_ns: int
+    eval_count: int
+    eval_ns: int
+    load_ns: int
+    total_ns: int
+    context: list[int]
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def timings(self) -> dict[str, int]:
+        return {
+            "total_duration": self.total_ns,
+            "load_duration": self.load_ns,
+            "prompt_eval_count": self.prompt_eval_count,
+            "prompt_eval_duration": self.prompt_eval_ns,
+            "eval_count": self.eval_count,
+            "eval_duration": self.eval_ns,
+        }
+
+
+def sampling_of(options: Options) -> Sampling:
+    base = Sampling()
+    return Sampling(
+        temperature=options.get("temperature", base.temperature),
+        top_k=options.get("top_k", base.top_k),
+        top_p=options.get("top_p", base.top_p),
+        min_p=options.get("min_p", base.min_p),
+        typical_p=options.get("typical_p", base.typical_p),
+        repeat_penalty=options.get("repeat_penalty", base.repeat_penalty),
+        presence_penalty=options.get("presence_penalty", base.presence_penalty),
+        frequency_penalty=options.get("frequency_penalty", base.frequency_penalty),
+        mirostat=options.get("mirostat", base.mirostat),
+        mirostat_tau=options.get("mirostat_tau", base.mirostat_tau),
+        mirostat_eta=options.get("mirostat_eta", base.mirostat_eta),
+        penalize_newline=options.get("penalize_newline", base.penalize_newline),
+        seed=options.get("seed", base.seed),
+    )
+
+
+async def load_only(scheduler: Scheduler, facts: ModelFacts, options: Options, keep_alive: float | None) -> int:
+    """Load (or keep) the model without generating; returns the load time in ns. ``keep_alive`` 0 unloads."""
+    if keep_alive == 0:
+        await scheduler.unload(facts)
+        return 0
+    async with scheduler.lease(facts, options, keep_alive=keep_alive) as (_runner, load_seconds):
+        return int(load_seconds * 1e9)
+
+
+async def generate(
+    scheduler: Scheduler,
+    facts: ModelFacts,
+    *,
+    options: Options,
+    keep_alive: float | None,
+    build_prompt: BuildPrompt,
+    format: Any = None,
+    tools: list[dict[str, Any]] | None = None,
+) -> AsyncIterator[str | Outcome]:
+    """Yield text pieces, then one :class:`Outcome`. With tools, the text comes in one piece at the end
+    (a tool call is only recognisable once the output is complete)."""
+    started = time.perf_counter_ns()
+    options = facts.params.merged(options)
+    grammar = grammar_for(format)
+    async with scheduler.lease(facts, options, keep_alive=keep_alive) as (runner, load_seconds):
+        tokens, template = build_prompt(runner)
+        request = CompletionRequest(
+            prompt_tokens=tokens,
+            sampling=sampling_of(options),
+            num_predict=options.get("num_predict", -1),
+            stop=stop_words(options, template),
+            grammar=grammar,
+            special=bool(tools),
+        )
+        pieces: list[str] = []
+        finished: Finished | None = None
+        async with aclosing(runner.complete(request)) as events:
+            async for event in events:
+                if isinstance(event, Piece):
+                    pieces.append(event.text)
+                    if not tools:
+                        yield event.text
+                else:
+                    finished = event
+    assert finished is not None
+    text = "".join(pieces)
+    calls: list[dict[str, Any]] = []
+    if tools:
+        names = {t.get("function", {}).get("name") for t in tools if isinstance(t, dict)} - {None}
+        text, calls = parse_tool_calls(text, template_source=template_source(facts), tool_names=names)
+        if text:
+            yield text
+    yield Outcome(
+        reason=finished.reason,
+        text=text,
+        prompt_eval_count=finished.prompt_tokens,
+        prompt_eval_ns=finished.prompt_eval_ns,
+        eval_count=finished.eval_count,
+        eval_ns=finished.eval_ns,
+        load_ns=int(load_seconds * 1e9),
+        total_ns=time.perf_counter_ns() - started,
+        context=tokens + finished.output_tokens,
+        tool_calls=calls,
+    )

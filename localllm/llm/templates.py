@@ -1,0 +1,381 @@
+"""Chat templates: Hugging Face-style Jinja in a sandbox, and the simplest of Ollama's Go templates.
+
+A GGUF's ``tokenizer.chat_template`` is code written by whoever published the file. It renders the way
+transformers' ``apply_chat_template`` renders it (the same immutable sandbox, globals and ``tojson``), so a
+template behaves here as its author tested it, and cannot reach Python internals or change our data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from functools import cache, cached_property
+from typing import Any
+
+import jinja2
+from jinja2 import meta, nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.parser import Parser
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..errors import TemplateError
+
+# End-of-turn markers worth stopping at when a template writes them itself: the model ends its answer with the
+# same marker, or — having missed it — starts the next turn's header, which is never part of an answer.
+_TURN_MARKERS = (
+    "<end_of_turn>",  # Gemma
+    "<|im_end|>",  # ChatML: Qwen, Hermes, many fine-tunes
+    "<|eot_id|>",  # Llama 3
+    "<|end|>",  # Phi-3
+    "<|endoftext|>",  # Phi, GPT-style formats
+    "[INST]",  # Llama 2, Mistral: a new user turn begins
+    "</s>",  # only when written literally (Zephyr, Vicuna styles); via eos_token the runner stops anyway
+    "<|user|>",  # Zephyr, Phi-3, GLM: a new user turn begins
+    "<|assistant|>",  # the same formats: a second answer header means the model runs on
+)
+
+# Probe text for the capability checks: plain ASCII, so tojson and trim leave it intact.
+_PROBE = "localllm_probe_5b1e"
+
+
+class _Raised(jinja2.TemplateError):
+    """What ``raise_exception(...)`` throws: a refusal the template's author worded for the user."""
+
+
+def _raise_exception(message: str) -> None:
+    raise _Raised(str(message))
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | str | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    """JSON as transformers writes it. Jinja's own ``tojson`` escapes ``<``, ``>``, ``&`` and ``'`` for HTML,
+    which would change the tool schemas a model is shown."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+class _GenerationBlocks(Extension):
+    """``{% generation %}...{% endgeneration %}``: transformers marks assistant text with it to build training
+    masks. It changes nothing in the text, but without the tag a template that uses it would not parse."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body, lineno=lineno)
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _GenerationBlocks]
+    )
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = _tojson
+    return env
+
+
+_ENV = _environment()
+
+
+class ChatTemplate:
+    """A compiled Jinja chat template; build one with :meth:`compile`."""
+
+    def __init__(self, source: str, template: jinja2.Template, *, bos_token: str, eos_token: str) -> None:
+        self.source = source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self._template = template
+
+    @classmethod
+    def compile(cls, source: str, *, bos_token: str = "", eos_token: str = "") -> ChatTemplate:
+        try:
+            template = _ENV.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(_syntax_message(source, exc)) from exc
+        except Exception as exc:  # e.g. RecursionError on absurdly nested source
+            raise TemplateError(f"template error: {exc}") from exc
+        return cls(source, template, bos_token=bos_token, eos_token=eos_token)
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        **extra: Any,
+    ) -> str:
+        """The prompt for ``messages``; ``extra`` reaches the template as variables (``enable_thinking``, ...)."""
+        context = {
+            **extra,
+            "messages": _prepare(messages),
+            "tools": tools or None,  # templates test `if tools` and `tools is not none`: never an empty list
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        }
+        try:
+            return self._template.render(context)
+        except _Raised as exc:
+            raise TemplateError(f"the chat template rejected the messages: {exc}") from exc
+        except Exception as exc:  # anything a template does wrong (type errors, sandbox refusals) is a bad template
+            raise TemplateError(_render_message(exc)) from exc
+
+    @cached_property
+    def supports_tools(self) -> bool:
+        """Whether the template shows the model the tools it is given.
+
+        Reading the ``tools`` variable is not enough (a template may read it only to refuse), so a test render
+        must also show the tool's name."""
+        if "tools" not in meta.find_undeclared_variables(_ENV.parse(self.source)):
+            return False
+        tool = {
+            "type": "function",
+            "function": {"name": _PROBE, "description": "", "parameters": {"type": "object", "properties": {}}},
+        }
+        return self._shows_probe([{"role": "user", "content": "hi"}], tools=[tool])
+
+    @cached_property
+    def supports_system(self) -> bool:
+        """Whether a system message reaches the prompt.
+
+        Tested by rendering one: a template may mention 'system' only to refuse it (Gemma 1 raises), and a
+        generic one (``'<|im_start|>' + message['role']``) handles it without naming it."""
+        return self._shows_probe([{"role": "system", "content": _PROBE}, {"role": "user", "content": "hi"}])
+
+    def stop_words(self) -> list[str]:
+        """The end-of-turn markers the template writes literally."""
+        return [marker for marker in _TURN_MARKERS if marker in self.source]
+
+    def _shows_probe(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> bool:
+        try:
+            return _PROBE in self.render(messages, tools=tools)
+        except TemplateError:
+            return False
+
+
+def _prepare(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of the messages as templates expect them: ``content`` always a string (a call-only assistant turn
+    may come without one, and templates concatenate it), and a tool result's ``tool_name`` (Ollama's key) also
+    as ``name`` (the key HF templates read)."""
+    prepared = []
+    for message in messages:
+        copy = dict(message)
+        if copy.get("content") is None:
+            copy["content"] = ""
+        if copy.get("role") == "tool" and copy.get("tool_name") and "name" not in copy:
+            copy["name"] = copy["tool_name"]
+        prepared.append(copy)
+    return prepared
+
+
+_FALLBACK_SOURCE = """\
+{%- set system = messages | selectattr('role', 'equalto', 'system') | list -%}
+{%- set others = messages | rejectattr('role', 'equalto', 'system') | list -%}
+{{- (system + others) | map(attribute='content') | select | join('\\n\\n') -}}
+"""
+
+
+@cache
+def fallback_template() -> ChatTemplate:
+    """For models with no template at all: the messages' text, system first, separated by blank lines.
+
+    No special tokens and no generation prompt: a base model continues the text, which is what Ollama's
+    default template ``{{ .Prompt }}`` amounts to."""
+    return ChatTemplate.compile(_FALLBACK_SOURCE)
+
+
+# --- error messages ---------------------------------------------------------------------------------------------
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # Jinja's line breaks, and so its line numbers
+_LEXER_OFFSET = re.compile(r" at (\d+)$")
+_LEXER_UNEXPECTED = re.compile(r"unexpected '(.+?)'")
+
+
+def _syntax_message(source: str, exc: jinja2.TemplateSyntaxError) -> str:
+    where = f"line {exc.lineno}"
+    message = exc.message or "syntax error"
+    column = _syntax_column(source, exc)
+    if column is not None:
+        where += f", column {column}"
+        message = _LEXER_OFFSET.sub("", message)  # Jinja's offset into the whole source: the column says it better
+    return f"template error at {where}: {message}"
+
+
+def _syntax_column(source: str, exc: jinja2.TemplateSyntaxError) -> int | None:
+    """The 1-based column of a syntax error, when it can be known for sure.
+
+    Jinja reports only the line. A lexer error's message carries an offset into the source; for a parser error,
+    the token the parser stopped at is looked up on the error's line, and only an unambiguous (single) match
+    gives a column."""
+    lines = _NEWLINE.split(source)
+    text = "\n".join(lines)
+    try:
+        for _ in _ENV.lexer.tokeniter(text, None):
+            pass
+    except jinja2.TemplateSyntaxError as lex_error:
+        if lex_error.message == exc.message and lex_error.lineno == exc.lineno:
+            if match := _LEXER_OFFSET.search(exc.message or ""):
+                offset = int(match.group(1))
+                return offset - text.rfind("\n", 0, offset)
+            if match := _LEXER_UNEXPECTED.match(exc.message or ""):  # an unbalanced bracket
+                return _unique_column(lines, exc.lineno, match.group(1))
+            return None
+    parser = Parser(_ENV, source)
+    try:
+        parser.parse()
+    except jinja2.TemplateSyntaxError as parse_error:
+        token = parser.stream.current
+        if parse_error.message == exc.message and token.lineno == exc.lineno and isinstance(token.value, str):
+            return _unique_column(lines, exc.lineno, token.value)
+    return None
+
+
+def _unique_column(lines: list[str], lineno: int, needle: str) -> int | None:
+    if not needle.strip() or not 1 <= lineno <= len(lines) or lines[lineno - 1].count(needle) != 1:
+        return None
+    return lines[lineno - 1].index(needle) + 1
+
+
+def _render_message(exc: BaseException) -> str:
+    """Jinja's own errors explain themselves; a Python error gets its type name too (a bare KeyError says
+    only ``'x'``). The line is that of the innermost template frame in the traceback Jinja rewrites."""
+    text = str(exc) if isinstance(exc, jinja2.TemplateError) else f"{type(exc).__name__}: {exc}"
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f"template error at line {line}: {text}" if line is not None else f"template error: {text}"
+
+
+# --- Go templates ---------------------------------------------------------------------------------------------
+
+# {{ .Prompt }}, {{ if .System }}, {{ if eq .Role "user" }}, {{ $.System }}: data named with a leading dot
+_GO_DOT_ACTION = re.compile(r"\{\{-?\s*(?:[A-Za-z_]\w*\s+)*[.$]")
+_GO_KEYWORD_ACTION = re.compile(r"\{\{-?\s*(?:(?:end|else|define|template|block)\b|/\*)")
+
+# An action with its optional trim markers: Go trims only for "{{- " and " -}}" (a dash then a space).
+_GO_ACTION = re.compile(r"\{\{(?P<left>-[ \t\r\n])?(?P<body>.*?)(?P<right>[ \t\r\n]-)?\}\}", re.DOTALL)
+_GO_SPACE = " \t\r\n"
+_GO_CONDITION = re.compile(r"(?P<keyword>if|else\s+if)\s+\.(?P<field>System|Prompt|Response)")
+_GO_FIELD = re.compile(r"\.(?P<field>System|Prompt|Response)")
+_GO_UNSUPPORTED = (
+    "only simple Go templates ({{ .System }}, {{ .Prompt }}, {{ .Response }}, and {{ if }}, {{ else }}, {{ end }} "
+    "on them) are supported here; use a Jinja template"
+)
+
+
+def looks_like_go_template(source: str) -> bool:
+    """Whether ``source`` is Ollama's Go text/template rather than Jinja.
+
+    Both write expressions in ``{{ }}``, but Go also puts its control flow there (``{{ if .System }}``,
+    ``{{ end }}``) and names data with a leading dot, which is never valid Jinja. A template that parses as
+    Jinja is Jinja, whatever its string literals contain."""
+    if not (_GO_DOT_ACTION.search(source) or ("{%" not in source and _GO_KEYWORD_ACTION.search(source))):
+        return False
+    try:
+        _ENV.parse(source)
+    except jinja2.TemplateSyntaxError:
+        return True
+    return False
+
+
+def render_simple_go_template(source: str, *, system: str, prompt: str, response: str = "") -> str:
+    """Render a simple Go template, as old Modelfiles and ``/api/generate``'s ``template`` field have them.
+
+    Only ``.System``, ``.Prompt`` and ``.Response``, ``if``/``else if``/``else``/``end`` on them, comments and
+    ``{{-``/``-}}`` trimming; anything else raises :class:`TemplateError`. ``response`` is a past turn's answer;
+    left empty, the model is about to answer, so — as Ollama does — the output ends at ``{{ .Response }}``:
+    what the template writes after it (the end-of-turn marker, typically) is left out."""
+    values = {"System": system, "Prompt": prompt, "Response": response}
+    tokens = _go_tokens(source)
+    if not response:
+        tokens = _cut_after_response(tokens)
+    out: list[str] = []
+    active = True
+    frames: list[tuple[bool, bool, bool]] = []  # per open if: (active around it, a branch taken, else seen)
+    for kind, arg in tokens:
+        if kind == "text":
+            if active:
+                out.append(arg)
+        elif kind == "field":
+            if active:
+                out.append(values[arg])
+        elif kind == "if":
+            taken = bool(values[arg])
+            frames.append((active, taken, False))
+            active = active and taken
+        elif kind in ("elif", "else"):
+            if not frames or frames[-1][2]:
+                raise TemplateError("template error: {{ else }} outside an {{ if }}")
+            outer, taken_before, _ = frames[-1]
+            take = not taken_before and (kind == "else" or bool(values[arg]))
+            frames[-1] = (outer, taken_before or take, kind == "else")
+            active = outer and take
+        elif kind == "end":
+            if not frames:
+                raise TemplateError("template error: {{ end }} without an {{ if }}")
+            active = frames.pop()[0]
+    if frames:
+        raise TemplateError("template error: {{ if }} without an {{ end }}")
+    return "".join(out)
+
+
+def _go_tokens(source: str) -> list[tuple[str, str]]:
+    """The template as (kind, argument) pairs: ("text", s), ("field", name), ("if"|"elif", name), ("else", ""),
+    ("end", ""), with trimming already applied to the text."""
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    trim_next = False
+    for match in _GO_ACTION.finditer(source):
+        text = source[pos : match.start()]
+        if trim_next:
+            text = text.lstrip(_GO_SPACE)
+        if match["left"]:
+            text = text.rstrip(_GO_SPACE)
+        tokens.append(("text", text))
+        statement = _go_statement(match["body"])
+        if statement is not None:
+            tokens.append(statement)
+        trim_next = bool(match["right"])
+        pos = match.end()
+    tail = source[pos:]
+    if "{{" in tail:
+        raise TemplateError("template error: unclosed action {{ in the Go template")
+    tokens.append(("text", tail.lstrip(_GO_SPACE) if trim_next else tail))
+    return tokens
+
+
+def _go_statement(body: str) -> tuple[str, str] | None:
+    text = body.strip()
+    if match := _GO_FIELD.fullmatch(text):
+        return "field", match["field"]
+    if match := _GO_CONDITION.fullmatch(text):
+        return ("if" if match["keyword"] == "if" else "elif"), match["field"]
+    if text in ("else", "end"):
+        return text, ""
+    if text.startswith("/*") and text.endswith("*/"):
+        return None  # a comment
+    raise TemplateError(f"{_GO_UNSUPPORTED} (found {{{{ {text} }}}})")
+
+
+def _cut_after_response(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop all output after the first ``{{ .Response }}``, in the template's order whatever branch it sits in
+    (Ollama cuts the parse tree the same way), keeping the if/else/end structure around it."""
+    for index, (kind, arg) in enumerate(tokens):
+        if kind == "field" and arg == "Response":
+            rest = [token for token in tokens[index + 1 :] if token[0] in ("if", "elif", "else", "end")]
+            return tokens[: index + 1] + rest
+    return tokens

@@ -1,0 +1,245 @@
+"""The native API's inference routes: ``/api/generate``, ``/api/chat``, ``/api/embed``,
+``/api/embeddings``, ``/api/ps``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import LocalLLMError, UnsupportedInput
+from ..llm.generation import Outcome, generate, load_only
+from ..llm.grammar import grammar_for
+from ..llm.options import parse_keep_alive, parse_options
+from ..llm.prompts import chat_tokens, generate_tokens
+from ..llm.scheduler import ModelFacts, Scheduler
+from ..names import ModelName
+from ..store.describe import details
+from .schemas import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest
+from .streaming import ndjson
+
+router = APIRouter()
+NDJSON = "application/x-ndjson"
+
+
+def _scheduler(request: Request) -> Scheduler:
+    return request.app.state.scheduler
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def _facts(request: Request, model: str) -> ModelFacts:
+    name = ModelName.parse(model)
+    return await run_in_threadpool(_scheduler(request).facts, name)
+
+
+def _keep_alive(value: Any) -> float | None:
+    return None if value is None else parse_keep_alive(value)
+
+
+async def _respond(
+    request: Request, events: AsyncIterator[str | Outcome], chunk: Any, final: Any, stream: bool
+) -> Response:
+    """Stream NDJSON chunks, or gather one object; errors before the first piece keep their status.
+
+    ``chunk(text)`` shapes a piece, ``final(outcome, text)`` the last object.
+    """
+    first = await anext(events)  # template, context and loading errors surface here, as 4xx/5xx
+
+    if stream:
+        async def lines() -> AsyncIterator[dict[str, Any]]:
+            item: str | Outcome | None = first
+            try:
+                while item is not None:
+                    yield final(item, None) if isinstance(item, Outcome) else chunk(item)
+                    item = await anext(events, None)
+            except LocalLLMError as exc:  # after the status line went out: an error line, as Ollama
+                yield {"error": exc.message}
+            finally:
+                await events.aclose()
+
+        return StreamingResponse(ndjson(lines()), media_type=NDJSON)
+
+    async def gather() -> dict[str, Any]:
+        pieces: list[str] = []
+        item: str | Outcome | None = first
+        try:
+            while not isinstance(item, Outcome):
+                pieces.append(item)  # type: ignore[arg-type]
+                item = await anext(events)
+        finally:
+            await events.aclose()
+        return final(item, "".join(pieces))
+
+    return JSONResponse(await _until_disconnected(request, gather()))
+
+
+async def _until_disconnected(request: Request, work: Any) -> Any:
+    """Run ``work``; if the client goes away first, cancel it (nothing decodes for nobody)."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=0.1)
+        if not done and await request.is_disconnected():
+            task.cancel()
+            break
+    return await task
+
+
+# --- /api/generate -----------------------------------------------------------
+@router.post("/api/generate")
+async def generate_route(body: GenerateRequest, request: Request) -> Response:
+    facts = await _facts(request, body.model)
+    options = parse_options(body.options)
+    keep_alive = _keep_alive(body.keep_alive)
+    grammar_for(body.format)  # a bad format is a 400 before anything loads
+    if body.images and not facts.has_vision:
+        raise UnsupportedInput(f"{facts.name.display} does not support images")
+    model = facts.name.display
+
+    if not body.prompt and not body.suffix:
+        load_ns = await load_only(_scheduler(request), facts, facts.params.merged(options), keep_alive)
+        reason = "unload" if keep_alive == 0 else "load"
+        return JSONResponse(
+            {"model": model, "created_at": now(), "response": "", "done": True, "done_reason": reason,
+             **({"load_duration": load_ns} if load_ns else {})}
+        )
+
+    def build(runner):
+        return generate_tokens(
+            facts, runner, prompt=body.prompt, system=body.system, template_override=body.template,
+            context=body.context, raw=body.raw, suffix=body.suffix,
+        )
+
+    events = generate(
+        _scheduler(request), facts, options=options, keep_alive=keep_alive, build_prompt=build, format=body.format
+    )
+
+    def chunk(text: str) -> dict[str, Any]:
+        return {"model": model, "created_at": now(), "response": text, "done": False}
+
+    def final(outcome: Outcome, text: str | None) -> dict[str, Any]:
+        result = {"model": model, "created_at": now(), "response": text or "", "done": True,
+                  "done_reason": outcome.reason}
+        if not body.raw:
+            result["context"] = outcome.context
+        return {**result, **outcome.timings()}
+
+    return await _respond(request, events, chunk, final, body.stream)
+
+
+# --- /api/chat ---------------------------------------------------------------
+@router.post("/api/chat")
+async def chat_route(body: ChatRequest, request: Request) -> Response:
+    facts = await _facts(request, body.model)
+    options = parse_options(body.options)
+    keep_alive = _keep_alive(body.keep_alive)
+    grammar_for(body.format)
+    if any(m.images for m in body.messages) and not facts.has_vision:
+        raise UnsupportedInput(f"{facts.name.display} does not support images")
+    model = facts.name.display
+
+    if not body.messages:
+        load_ns = await load_only(_scheduler(request), facts, facts.params.merged(options), keep_alive)
+        reason = "unload" if keep_alive == 0 else "load"
+        return JSONResponse(
+            {"model": model, "created_at": now(), "message": {"role": "assistant", "content": ""},
+             "done": True, "done_reason": reason, **({"load_duration": load_ns} if load_ns else {})}
+        )
+
+    messages = [m.for_template() for m in body.messages]
+
+    def build(runner):
+        return chat_tokens(facts, runner, messages, body.tools)
+
+    events = generate(
+        _scheduler(request), facts, options=options, keep_alive=keep_alive, build_prompt=build,
+        format=body.format, tools=body.tools,
+    )
+
+    def chunk(text: str) -> dict[str, Any]:
+        return {"model": model, "created_at": now(), "message": {"role": "assistant", "content": text}, "done": False}
+
+    def final(outcome: Outcome, text: str | None) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text or ""}
+        if outcome.tool_calls:
+            message["tool_calls"] = outcome.tool_calls
+        return {"model": model, "created_at": now(), "message": message, "done": True,
+                "done_reason": outcome.reason, **outcome.timings()}
+
+    return await _respond(request, events, chunk, final, body.stream)
+
+
+# --- embeddings --------------------------------------------------------------
+async def _embed(
+    request: Request, model: str, inputs: list[str], *, truncate: bool, options: Any, keep_alive: Any
+) -> tuple[ModelFacts, list[list[float]], int, int, int]:
+    started = datetime.now(UTC)
+    facts = await _facts(request, model)
+    merged = facts.params.merged(parse_options(options))
+    async with _scheduler(request).lease(
+        facts, merged, keep_alive=_keep_alive(keep_alive), embedding=True
+    ) as (runner, load_seconds):
+        vectors, count = await runner.embed(inputs, truncate=truncate) if inputs else ([], 0)
+    total_ns = int((datetime.now(UTC) - started).total_seconds() * 1e9)
+    return facts, vectors, count, int(load_seconds * 1e9), total_ns
+
+
+def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
+    """Keep the first ``dimensions`` values and renormalize (Matryoshka-style, as Ollama does)."""
+    if not dimensions or dimensions >= len(vector):
+        return vector
+    head = vector[:dimensions]
+    norm = sum(v * v for v in head) ** 0.5
+    return [v / norm for v in head] if norm else head
+
+
+@router.post("/api/embed")
+async def embed_route(body: EmbedRequest, request: Request) -> dict[str, Any]:
+    inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+    facts, vectors, count, load_ns, total_ns = await _embed(
+        request, body.model, inputs, truncate=body.truncate, options=body.options, keep_alive=body.keep_alive
+    )
+    return {
+        "model": facts.name.display,
+        "embeddings": [_shorten(v, body.dimensions) for v in vectors],
+        "total_duration": total_ns,
+        "load_duration": load_ns,
+        "prompt_eval_count": count,
+    }
+
+
+@router.post("/api/embeddings")
+async def embeddings_route(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
+    _, vectors, _, _, _ = await _embed(
+        request, body.model, [body.prompt] if body.prompt else [], truncate=True,
+        options=body.options, keep_alive=body.keep_alive,
+    )
+    return {"embedding": vectors[0] if vectors else []}
+
+
+# --- /api/ps -----------------------------------------------------------------
+@router.get("/api/ps")
+async def ps_route(request: Request) -> dict[str, Any]:
+    store = request.app.state.store
+    models = []
+    for loaded in _scheduler(request).running():
+        entry = loaded.facts.entry
+        models.append({
+            "name": entry.name.display,
+            "model": entry.name.display,
+            "size": entry.manifest.total_size,
+            "digest": entry.digest.split(":", 1)[1],
+            "details": details(store, entry),
+            "expires_at": loaded.expires_wallclock().isoformat().replace("+00:00", "Z"),
+            "size_vram": 0,
+            "context_length": loaded.runner.n_ctx,
+        })
+    return {"models": models}
+
