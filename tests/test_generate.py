@@ -91,7 +91,8 @@ def test_stop_words_end_the_answer(gemma_daemon: Daemon) -> None:
     prompt = "Counting: 1, 2, 3, 4,"
     free = generate(gemma_daemon, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 12})
     assert " 6" in free["response"]
-    stopped = generate(gemma_daemon, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 12, "stop": [" 6"]})
+    stopped = generate(gemma_daemon, prompt=prompt, raw=True,
+                       options={"temperature": 0, "num_predict": 12, "stop": [" 6"]})
     assert stopped["done_reason"] == "stop"
     assert stopped["response"] == free["response"].split(" 6")[0]
 
@@ -142,16 +143,40 @@ def test_num_ctx_reloads_with_the_new_context(gemma_daemon: Daemon) -> None:
     assert contexts == [1024]
 
 
+def _cancelled_counts(daemon: Daemon) -> list[int]:
+    return [int(line.rsplit("after ", 1)[1].split()[0])
+            for line in daemon.log.read_text().splitlines() if "generation cancelled after" in line]
+
+
+def _wait_for_cancel(daemon: Daemon, before: int) -> int:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        counts = _cancelled_counts(daemon)
+        if len(counts) > before:
+            return counts[-1]
+        time.sleep(0.05)
+    raise AssertionError("the generation was not cancelled")
+
+
 def test_a_disconnect_stops_the_decode(gemma_daemon: Daemon) -> None:
+    before = len(_cancelled_counts(gemma_daemon))
     body = {"model": GEMMA, "prompt": "Write a very long story.", "options": {"num_predict": 4000, "temperature": 0.7}}
     with gemma_daemon.client() as client, client.stream("POST", "/api/generate", json=body) as response:
         for n, _ in enumerate(response.iter_lines()):
             if n == 3:
                 break
-    started = time.monotonic()
-    quick = generate(gemma_daemon, prompt="Hello", options={"num_predict": 3})
-    assert quick["eval_count"] == 3
-    assert time.monotonic() - started < 5  # the abandoned 4000-token story is not in the way
+    assert _wait_for_cancel(gemma_daemon, before) < 40  # stopped within a token or so of the disconnect
+    assert generate(gemma_daemon, prompt="Hello", options={"num_predict": 3})["eval_count"] == 3
+
+
+def test_a_disconnect_stops_an_unstreamed_generation_too(gemma_daemon: Daemon) -> None:
+    before = len(_cancelled_counts(gemma_daemon))
+    body = {"model": GEMMA, "prompt": "Write a very long story.", "stream": False,
+            "options": {"num_predict": 4000, "temperature": 0.7}}
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=gemma_daemon.base_url, timeout=1.0) as client:
+        client.post("/api/generate", json=body)
+    assert _wait_for_cancel(gemma_daemon, before) < 4000
+    assert generate(gemma_daemon, prompt="Hello", options={"num_predict": 3})["eval_count"] == 3
 
 
 def test_embeddings(gemma_daemon: Daemon) -> None:
@@ -216,7 +241,9 @@ TOOLS_TEMPLATE = """
 {% endfor %}{% endif %}
 {%- for message in messages %}
 {%- if message.role == 'assistant' and message.tool_calls %}<|assistant|>
-{%- for call in message.tool_calls %}{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}{% endfor %}
+{%- for call in message.tool_calls %}
+{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}
+{%- endfor %}
 {% elif message.role == 'tool' %}<|tool|>{{ message.content }}
 {% else %}<|{{ message.role }}|>{{ message.content }}
 {% endif %}

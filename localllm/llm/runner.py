@@ -277,6 +277,7 @@ class LlamaRunner:
                     first_token_at = time.perf_counter_ns()
                 if cancel.is_set():
                     reason = "cancelled"
+                    log.info("generation cancelled after %d tokens", len(output))
                     break
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     break

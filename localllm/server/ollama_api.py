@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
@@ -15,7 +15,7 @@ from ..store.describe import list_entry, show
 from ..store.models import ModelStore
 from ..store.registry import Puller
 from .schemas import CopyRequest, DeleteRequest, PullRequest, ShowRequest
-from .streaming import Event, events_from_thread, ndjson
+from .streaming import ClosingStreamingResponse, Event, events_from_thread, ndjson
 
 router = APIRouter()
 NDJSON = "application/x-ndjson"
@@ -77,7 +77,7 @@ async def pull(body: PullRequest, request: Request) -> Response:
         async for event in events_from_thread(lambda emit: puller.execute(plan, emit)):
             yield event
 
-    return StreamingResponse(ndjson(events()), media_type=NDJSON)
+    return ClosingStreamingResponse(ndjson(events()), media_type=NDJSON)
 
 
 @router.delete("/api/delete")

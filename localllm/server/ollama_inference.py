@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import LocalLLMError, UnsupportedInput
@@ -21,7 +21,7 @@ from ..llm.scheduler import ModelFacts, Scheduler
 from ..names import ModelName
 from ..store.describe import details
 from .schemas import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest
-from .streaming import ndjson
+from .streaming import ClosingStreamingResponse, ndjson
 
 router = APIRouter()
 NDJSON = "application/x-ndjson"
@@ -65,7 +65,7 @@ async def _respond(
             finally:
                 await events.aclose()
 
-        return StreamingResponse(ndjson(lines()), media_type=NDJSON)
+        return ClosingStreamingResponse(ndjson(lines()), media_type=NDJSON)
 
     async def gather() -> dict[str, Any]:
         pieces: list[str] = []

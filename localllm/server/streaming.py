@@ -7,7 +7,11 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..errors import LocalLLMError
 
@@ -51,5 +55,21 @@ async def events_from_thread(work: Callable[[Callable[[Event], None]], None]) ->
 
 
 async def ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield json.dumps(event).encode() + b"\n"
+    async with aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            yield json.dumps(event).encode() + b"\n"
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streaming response that closes its iterator as soon as the client is gone.
+
+    Starlette stops iterating when a send fails but leaves the generator to the
+    garbage collector; closing it here is what stops a generation for nobody."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
