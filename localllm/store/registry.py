@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -145,7 +146,21 @@ class Puller:
             library_version=__version__,
         )
 
+    def _check_reachable(self) -> None:
+        """Fail at once when nothing answers at the Hub's address.
+
+        The Hub client retries a refused connection with back-off for about 25 s,
+        which is right for a flaky network and wrong for a machine that is offline."""
+        endpoint = self.settings.hf_endpoint
+        parts = urlsplit(endpoint)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname or "", port), timeout=10).close()
+        except OSError as exc:
+            raise RegistryError(f"cannot reach the Hub at {endpoint}: {exc.strerror or exc}") from exc
+
     def _list_files(self, repo_id: str) -> list[RepoFile]:
+        self._check_reachable()
         with _hub_errors(repo_id, self.settings.hf_endpoint):
             try:
                 return self._list_tree(repo_id)
