@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set everything up, start the daemon, and put the embedded default model (gemma3:270m) to work.
+# Set everything up, start the daemon, and stream an answer from the embedded default model (gemma3:270m).
 # Uses LOCALLLM_HOME (default ~/.localllm) and LOCALLLM_HOST (default 127.0.0.1:11434); needs no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,5 +25,5 @@ fi
 set -x
 $localllm pull gemma3:270m
 $localllm list
-$localllm show gemma3:270m
+$localllm run gemma3:270m "Why is the sky blue? Answer in two sentences." --verbose
 set +x

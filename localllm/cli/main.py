@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -15,6 +16,8 @@ from .. import __version__
 from ..client import Client
 from ..errors import LocalLLMError
 from .progress import show_pull
+from .render import print_model_info
+from .repl import Session, answer_once, ensure_model, run_repl
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -54,6 +57,57 @@ def human_ago(iso: str) -> str:
     return iso
 
 
+def _human_span(seconds: float) -> str:
+    """How Ollama says a span of time: ``4 minutes``, ``About an hour``, ``3 days``."""
+    if seconds < 1:
+        return "Less than a second"
+    if seconds < 60:
+        return "1 second" if int(seconds) == 1 else f"{int(seconds)} seconds"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return "About a minute" if minutes == 1 else f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 14:
+        return f"{hours // 24} days"
+    if hours < 24 * 60:
+        return f"{hours // (24 * 7)} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // (24 * 30)} months"
+    return f"{hours // (24 * 365)} years"
+
+
+def human_until(iso: str | None) -> str:
+    """An ``expires_at`` → ``4 minutes from now``; ``Forever`` when it never (or in 20+ years) comes."""
+    if not iso:
+        return "Forever"
+    try:
+        moment = datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", iso))
+    except ValueError:
+        return iso
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    seconds = (moment - datetime.now(UTC)).total_seconds()
+    if seconds > 20 * 365 * 86400:
+        return "Forever"
+    if seconds < 0:
+        return "Stopping..."
+    return f"{_human_span(seconds)} from now"
+
+
+def human_processor(size: int, size_vram: int) -> str:
+    """Where a loaded model lives, as ``ollama ps`` says it."""
+    if not size or size_vram <= 0:
+        return "100% CPU"
+    if size_vram >= size:
+        return "100% GPU"
+    gpu = round(100 * size_vram / size)
+    return f"{100 - gpu}%/{gpu}% CPU/GPU"
+
+
 # --- commands ---------------------------------------------------------------
 def cmd_serve(_args: argparse.Namespace) -> None:
     from ..server import serve
@@ -77,16 +131,6 @@ def cmd_list(_args: argparse.Namespace) -> None:
     out.print(table)
 
 
-def _section(title: str, rows: list[tuple[str, Any]] | list[str]) -> None:
-    out.print(f"  {title}")
-    for row in rows:
-        if isinstance(row, tuple):
-            out.print(f"    {row[0]:<20}{row[1]}")
-        else:
-            out.print(f"    {row}")
-    out.print()
-
-
 def cmd_show(args: argparse.Namespace) -> None:
     with Client() as client:
         info = client.show(args.model)
@@ -94,26 +138,54 @@ def cmd_show(args: argparse.Namespace) -> None:
         if getattr(args, flag):
             out.print(info.get(flag) or "", markup=False)
             return
-    model_info = info.get("model_info") or {}
-    details = info.get("details") or {}
-    arch = model_info.get("general.architecture", details.get("family", ""))
-    rows: list[tuple[str, Any]] = [
-        ("architecture", arch),
-        ("parameters", details.get("parameter_size", "")),
-    ]
-    for label, key in (("context length", "context_length"), ("embedding length", "embedding_length")):
-        if f"{arch}.{key}" in model_info:
-            rows.append((label, model_info[f"{arch}.{key}"]))
-    rows.append(("quantization", details.get("quantization_level", "")))
-    out.print()
-    _section("Model", rows)
-    _section("Capabilities", list(info.get("capabilities") or []))
-    if info.get("parameters"):
-        _section("Parameters", info["parameters"].splitlines())
-    if info.get("system"):
-        _section("System", info["system"].splitlines()[:4])
-    if info.get("license"):
-        _section("License", [line for line in info["license"].splitlines() if line.strip()][:2])
+    print_model_info(info, out)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    prompt = " ".join(args.prompt)
+    piped = not sys.stdin.isatty()
+    if piped:
+        stdin_text = sys.stdin.read()
+        if stdin_text.strip():
+            prompt = f"{stdin_text}\n\n{prompt}" if prompt else stdin_text
+        if not prompt.strip():
+            raise LocalLLMError("nothing to answer: give a prompt, or pipe some text in")
+    session = Session(
+        model=args.model,
+        format=args.format,
+        keep_alive=args.keepalive,
+        verbose=args.verbose,
+        wordwrap=not (args.nowordwrap or piped),
+    )
+    with Client() as client:
+        if not prompt:
+            run_repl(client, session)  # pulls and loads the model before the first prompt
+            return
+        ensure_model(client, args.model, err)
+        answer_once(client, session, prompt)
+
+
+def cmd_ps(_args: argparse.Namespace) -> None:
+    with Client() as client:
+        models = client.ps()
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in ("NAME", "ID", "SIZE", "PROCESSOR", "UNTIL"):
+        table.add_column(column, no_wrap=True)
+    for model in models:
+        digest = model.get("digest", "").removeprefix("sha256:")
+        table.add_row(
+            model["name"],
+            digest[:12],
+            human_size(model.get("size", 0)),
+            human_processor(model.get("size", 0), model.get("size_vram", 0)),
+            human_until(model.get("expires_at")),
+        )
+    out.print(table)
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    with Client() as client:
+        client.stop(args.model)
 
 
 def cmd_cp(args: argparse.Namespace) -> None:
@@ -164,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument(f"--{flag}", action="store_true", help=f"Show {text}")
     show.set_defaults(func=cmd_show)
 
+    run = commands.add_parser("run", help="Run a model: answer a prompt, or chat with it")
+    run.add_argument("model")
+    run.add_argument("prompt", nargs="*", help="Answer this and exit (without it: an interactive chat)")
+    run.add_argument("--verbose", action="store_true", help="Show timings and token rates after each answer")
+    run.add_argument("--format", choices=["json"], help="Answer in JSON")
+    run.add_argument("--keepalive", metavar="DURATION", help="How long the model stays loaded, e.g. 10m, 1h, -1")
+    run.add_argument("--nowordwrap", action="store_true", help="Don't wrap answers to the terminal width")
+    run.set_defaults(func=cmd_run)
+
+    ps = commands.add_parser("ps", help="List running models")
+    ps.set_defaults(func=cmd_ps)
+
+    stop = commands.add_parser("stop", help="Stop (unload) a running model")
+    stop.add_argument("model")
+    stop.set_defaults(func=cmd_stop)
+
     cp = commands.add_parser("cp", help="Copy a model")
     cp.add_argument("source")
     cp.add_argument("destination")
@@ -175,9 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; ``run``'s prompt words may come before and after its flags."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "run" and not any(word.startswith("-") for word in extra):
+        args.prompt += extra  # `run MODEL --verbose why is the sky blue`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -192,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `localllm run MODEL PROMPT | head -1`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

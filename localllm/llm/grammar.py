@@ -9,9 +9,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from ..errors import InvalidRequest
+
+# JSON as llama.cpp's json.gbnf writes it, except that the top-level object ends at its "}":
+# trailing whitespace would let a model that never samples end-of-text pad to the token limit.
+JSON_GBNF = r"""
+root   ::= "{" ws ( string ":" ws value ( "," ws string ":" ws value )* )? "}"
+value  ::= object | array | string | number | ("true" | "false" | "null") ws
+object ::= "{" ws ( string ":" ws value ( "," ws string ":" ws value )* )? "}" ws
+array  ::= "[" ws ( value ( "," ws value )* )? "]" ws
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4}) )* "\"" ws
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+ws     ::= | " " | "\n" [ \t]{0,20}
+"""
 
 
 def grammar_for(format: Any) -> str | None:

