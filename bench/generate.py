@@ -3,14 +3,19 @@
     .venv/bin/python bench/generate.py [--rounds 5] [--tokens 128]
 
 Both sides run the embedded gemma3:270m with the same settings (n_ctx 4096,
-2 threads, greedy, the same raw prompt, ``--tokens`` tokens), one after the
-other, round after round:
+2 threads, greedy, no repeat penalty, the same raw prompt, ``--tokens``
+tokens), one after the other, round after round:
   * raw: ``llama_cpp.Llama.create_completion(stream=True)`` in this process;
   * localllm: ``POST /api/generate`` (``raw: true``, streamed NDJSON) on a real
     daemon, timed on the client side, the model loaded beforehand.
 Prints decode tokens/s (after the first token) and time to first token, the
 medians, and the ratios (goals: decode >= 0.95x raw; first token at most
 20 ms later).
+
+Both start each prompt from an empty KV cache: llama-cpp-python would
+otherwise trim its cache to the shared prefix of consecutive prompts, which
+garbles Gemma 3's sliding-window cache; localllm therefore does not, and the
+raw side is reset to do the same work.
 """
 
 from __future__ import annotations
@@ -42,10 +47,13 @@ def free_port() -> int:
 
 def raw_run(llama, prompt: str, tokens: int) -> tuple[float, float]:
     """(seconds to the first token, decode tokens/s after it)."""
+    llama.reset()  # from an empty cache, as localllm starts each request (see the module docstring)
     start = time.perf_counter()
     first = last = 0.0
     count = 0
-    for _chunk in llama.create_completion(prompt, max_tokens=tokens, temperature=0.0, stream=True):
+    for _chunk in llama.create_completion(
+        prompt, max_tokens=tokens, temperature=0.0, repeat_penalty=1.0, stream=True
+    ):
         now = time.perf_counter()
         if count == 0:
             first = now
@@ -54,15 +62,17 @@ def raw_run(llama, prompt: str, tokens: int) -> tuple[float, float]:
     return first - start, (count - 1) / (last - first)
 
 
-def localllm_run(base_url: str, prompt: str, tokens: int) -> tuple[float, float]:
+def localllm_run(client: httpx.Client, prompt: str, tokens: int) -> tuple[float, float]:
     body = {
         "model": MODEL, "prompt": prompt, "raw": True, "stream": True,
-        "options": {"temperature": 0, "num_predict": tokens, "num_ctx": N_CTX, "num_thread": THREADS},
+        # the same sampling as raw: the model's own defaults (a repeat penalty, say) would not be
+        "options": {"temperature": 0, "repeat_penalty": 1.0, "num_predict": tokens, "num_ctx": N_CTX,
+                    "num_thread": THREADS},
     }
     start = time.perf_counter()
     first = last = 0.0
     count = 0
-    with httpx.stream("POST", f"{base_url}/api/generate", json=body, timeout=120) as response:
+    with client.stream("POST", "/api/generate", json=body) as response:
         for line in response.iter_lines():
             if not line:
                 continue
@@ -107,8 +117,9 @@ def main() -> None:
         raw = llama_cpp.Llama(str(gguf), n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
 
         # warm both (page cache, the daemon's model load)
+        client = httpx.Client(base_url=base_url, timeout=120)  # one connection, as API clients keep
         raw_run(raw, "Warm up", 8)
-        localllm_run(base_url, "Warm up", 8)
+        localllm_run(client, "Warm up", 8)
 
         raw_ttft, raw_rate, our_ttft, our_rate = [], [], [], []
         for round_ in range(1, args.rounds + 1):
@@ -116,7 +127,7 @@ def main() -> None:
             t, r = raw_run(raw, prompt, args.tokens)
             raw_ttft.append(t)
             raw_rate.append(r)
-            t, r = localllm_run(base_url, prompt, args.tokens)
+            t, r = localllm_run(client, prompt, args.tokens)
             our_ttft.append(t)
             our_rate.append(r)
             print(f"round {round_}: raw {raw_rate[-1]:6.1f} tok/s, first {raw_ttft[-1] * 1000:6.1f} ms   "

@@ -96,6 +96,8 @@ class StopMatcher:
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Returns (text safe to emit, whether a stop sequence was hit)."""
+        if not self.stops:
+            return text, False
         self.pending += text
         hits = [(self.pending.find(s), s) for s in self.stops if s in self.pending]
         if hits:
@@ -146,6 +148,7 @@ class LlamaRunner:
         # The llama context is used by one thread at a time, even when a cancelled request's
         # worker is still finishing its last token while the next request starts.
         self._busy = threading.Lock()
+        self._piece_buffer = ctypes.create_string_buffer(256)
 
     # --- facts ---------------------------------------------------------------
     @property
@@ -181,13 +184,12 @@ class LlamaRunner:
 
     def _piece(self, token: int, special: bool = False) -> bytes:
         """The bytes of one token (llama-cpp-python's own helper caps pieces at 32 bytes)."""
-        size = 256
-        while True:
-            buffer = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_token_to_piece(self._model.vocab, token, buffer, size, 0, special)
-            if n >= 0:
-                return buffer.raw[:n]
-            size = -n
+        n = llama_cpp.llama_token_to_piece(self._model.vocab, token, self._piece_buffer, 256, 0, special)
+        if n >= 0:
+            return self._piece_buffer.raw[:n]
+        buffer = ctypes.create_string_buffer(-n)  # a rare piece longer than 256 bytes
+        n = llama_cpp.llama_token_to_piece(self._model.vocab, token, buffer, len(buffer), 0, special)
+        return buffer.raw[:n]
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
