@@ -22,27 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from daemon import start_daemon, stop
 
 MODEL = "gemma3:270m"
 THREADS = 2
 N_CTX = 4096
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def raw_run(llama, prompt: str, tokens: int) -> tuple[float, float]:
@@ -102,17 +93,7 @@ def main() -> None:
     daemon = None
     try:
         gguf = assemble(work / "gemma.gguf")
-        port = free_port()
-        env = {**os.environ, "LOCALLLM_HOME": str(work / "home"), "LOCALLLM_HOST": f"127.0.0.1:{port}"}
-        daemon = subprocess.Popen([sys.executable, "-m", "localllm.cli.main", "serve"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base_url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                httpx.get(base_url + "/api/version", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        daemon, base_url = start_daemon(work / "home")
         httpx.post(f"{base_url}/api/pull", json={"model": MODEL, "stream": False}, timeout=300).raise_for_status()
         raw = llama_cpp.Llama(str(gguf), n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
 
@@ -139,9 +120,7 @@ def main() -> None:
         print(f"  decode ratio localllm/raw  {med(our_rate) / med(raw_rate):.3f}   (goal >= 0.95)")
         print(f"  first token difference     {(med(our_ttft) - med(raw_ttft)) * 1000:+.1f} ms   (goal <= +20 ms)")
     finally:
-        if daemon is not None:
-            daemon.terminate()
-            daemon.wait(10)
+        stop(daemon)
         shutil.rmtree(work, ignore_errors=True)
 
 

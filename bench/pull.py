@@ -15,9 +15,7 @@ Prints each round, the medians and the ratio localllm/plain (goal: >= 0.9).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,15 +24,10 @@ import time
 from pathlib import Path
 
 import httpx
+from daemon import start_daemon, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO, FILE = "google/gemma-3-270m-GGUF", "gemma-3-270m-Q4_K_M.gguf"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def plain_download(url: str, target: Path) -> float:
@@ -80,25 +73,7 @@ def main() -> None:
             if not line:
                 raise SystemExit("the Hub stand-in did not start")
             endpoint = line.strip().partition("HF_ENDPOINT=")[2]
-        port = free_port()
-        env = {
-            **os.environ,
-            "LOCALLLM_HOME": str(work / "home"),
-            "LOCALLLM_HOST": f"127.0.0.1:{port}",
-            "HF_ENDPOINT": endpoint,
-            "HF_HOME": str(work / "hf"),
-        }
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "localllm.cli.main", "serve"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        base_url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                httpx.get(base_url + "/api/version", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        daemon, base_url = start_daemon(work / "home", HF_ENDPOINT=endpoint, HF_HOME=str(work / "hf"))
         url = f"{endpoint}/{REPO}/resolve/main/{FILE}"
         plain_download(url, work / "warmup.bin")  # page cache warm for both
 
@@ -116,10 +91,7 @@ def main() -> None:
         print(f"  localllm pull            {size_mb / pull:7.1f} MB/s  ({pull:.2f} s)")
         print(f"  ratio localllm/plain     {plain / pull:.2f}   (goal >= 0.90)")
     finally:
-        for process in (daemon, hub):
-            if process is not None:
-                process.terminate()
-                process.wait(10)
+        stop(daemon, hub)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -111,10 +111,12 @@ class Daemon:
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=120, **kwargs)
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """The CLI with a known stdin (a pipe: never the terminal pytest may have been started from)."""
         return subprocess.run(
             [sys.executable, "-m", "localllm.cli.main", *args],
             env=self.env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,

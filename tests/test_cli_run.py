@@ -30,19 +30,6 @@ TIMING_LABELS = [
 ]
 
 
-def run(daemon: Daemon, *args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """The CLI with a known stdin (a pipe: never the terminal pytest may have been started from)."""
-    return subprocess.run(
-        [sys.executable, "-m", "localllm.cli.main", *args],
-        env=daemon.env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-
-
 @pytest.fixture
 def pulled(daemon: Daemon) -> Daemon:
     result = daemon.cli("pull", MODEL)
@@ -86,7 +73,7 @@ def start_answer(daemon: Daemon, *args: str) -> str:
 
 def test_run_pulls_a_missing_model_then_answers_a_piped_document(daemon: Daemon) -> None:
     assert MODEL not in daemon.cli("ls").stdout
-    result = run(daemon, "run", MODEL, "--verbose", SHORT, stdin=DOCUMENT)  # flags may come first
+    result = daemon.cli("run", MODEL, "--verbose", SHORT, stdin=DOCUMENT)  # flags may come first
     assert result.returncode == 0, result.stderr
     assert "pulling manifest" in result.stderr and "success" in result.stderr
     assert MODEL in daemon.cli("ls").stdout
@@ -102,7 +89,7 @@ def test_run_pulls_a_missing_model_then_answers_a_piped_document(daemon: Daemon)
 
 
 def test_piped_stdin_alone_is_answered_once(pulled: Daemon) -> None:
-    result = run(pulled, "run", MODEL, stdin=f"{DOCUMENT}\n\nWhat is this document about?")
+    result = pulled.cli("run", MODEL, stdin=f"{DOCUMENT}\n\nWhat is this document about?")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() and ">>>" not in result.stdout
 
@@ -117,12 +104,12 @@ def test_format_json_asks_for_json(pulled: Daemon) -> None:
 
 def test_bad_names_are_one_line_errors(daemon: Daemon) -> None:
     for name in ("../../x", "hf.co/nobody/nothing-GGUF"):
-        result = run(daemon, "run", name, "hi")
+        result = daemon.cli("run", name, "hi")
         assert result.returncode == 1, result.stdout
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
         assert len(errors) == 1, result.stderr
         assert "Traceback" not in result.stderr
-    assert run(daemon, "run", "../../x", "hi").stderr.strip().startswith("Error: invalid model name")
+    assert daemon.cli("run", "../../x", "hi").stderr.strip().startswith("Error: invalid model name")
 
 
 def test_run_without_a_daemon_says_how_to_start_one() -> None:
@@ -167,7 +154,7 @@ def test_keepalive_is_sent_and_shows_in_ps(pulled: Daemon) -> None:
     assert re.fullmatch(r"(9|10) minutes from now", ps_rows(pulled)[0][4])
     start_answer(pulled, MODEL, SHORT, "--keepalive", "-1")
     assert ps_rows(pulled)[0][4] == "Forever"
-    bad = run(pulled, "run", MODEL, SHORT, "--keepalive", "soon")
+    bad = pulled.cli("run", MODEL, SHORT, "--keepalive", "soon")
     assert bad.returncode == 1 and bad.stderr.startswith("Error: ") and "Traceback" not in bad.stderr
 
 

@@ -51,22 +51,8 @@ class Outcome:
 
 
 def sampling_of(options: Options) -> Sampling:
-    base = Sampling()
-    return Sampling(
-        temperature=options.get("temperature", base.temperature),
-        top_k=options.get("top_k", base.top_k),
-        top_p=options.get("top_p", base.top_p),
-        min_p=options.get("min_p", base.min_p),
-        typical_p=options.get("typical_p", base.typical_p),
-        repeat_penalty=options.get("repeat_penalty", base.repeat_penalty),
-        presence_penalty=options.get("presence_penalty", base.presence_penalty),
-        frequency_penalty=options.get("frequency_penalty", base.frequency_penalty),
-        mirostat=options.get("mirostat", base.mirostat),
-        mirostat_tau=options.get("mirostat_tau", base.mirostat_tau),
-        mirostat_eta=options.get("mirostat_eta", base.mirostat_eta),
-        penalize_newline=options.get("penalize_newline", base.penalize_newline),
-        seed=options.get("seed", base.seed),
-    )
+    """The sampling settings the options set (``Sampling`` names its fields after Ollama's options)."""
+    return Sampling(**options.model_dump(include=set(Sampling.__dataclass_fields__), exclude_none=True))
 
 
 async def load_only(scheduler: Scheduler, facts: ModelFacts, options: Options, keep_alive: float | None) -> int:
