@@ -195,6 +195,13 @@ def test_embeddings(gemma_daemon: Daemon) -> None:
     assert too_long.status_code == 400 and "truncate" in too_long.json()["error"]
 
 
+def test_embedding_and_chat_instances_live_side_by_side(gemma_daemon: Daemon) -> None:
+    generate(gemma_daemon, prompt="Hi", options={"num_predict": 1})
+    post(gemma_daemon, "/api/embed", {"model": GEMMA, "input": "a RAG client embeds"})
+    again = generate(gemma_daemon, prompt="Hi", options={"num_predict": 1})
+    assert again["load_duration"] == 0  # the chat instance was not unloaded for the embedding one
+
+
 def test_official_client_generate_and_chat(gemma_daemon: Daemon) -> None:
     client = ollama.Client(host=gemma_daemon.base_url)
     result = client.generate(model=GEMMA, prompt="Hello", options=GREEDY)

@@ -78,7 +78,7 @@ def test_a_missing_model_is_pulled_before_the_first_prompt(daemon: Daemon) -> No
     terminal = Terminal(daemon)
     try:
         assert "pulling manifest" in terminal.opening and "success" in terminal.opening
-        terminal.set("parameter num_predict 5")
+        terminal.set("parameter temperature 0", "parameter num_predict 5")
         assert words(terminal.say("Hello!"))
     finally:
         terminal.child.terminate(force=True)

@@ -87,7 +87,6 @@ async def generate(
             num_predict=options.get("num_predict", -1),
             stop=stop_words(options, template),
             grammar=grammar,
-            special=bool(tools),
         )
         pieces: list[str] = []
         finished: Finished | None = None

@@ -69,7 +69,6 @@ class CompletionRequest:
     num_predict: int = -1  # -1: until a stop or a full context
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None  # GBNF
-    special: bool = False  # render control tokens as text (tool-call markers like [TOOL_CALLS])
 
 
 @dataclass(frozen=True)
@@ -284,7 +283,9 @@ class LlamaRunner:
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     break
                 output.append(token)
-                text = decoder.decode(self._piece(token, request.special))
+                # Control tokens are rendered as text, so stop words such as <start_of_turn> or
+                # <|im_end|> and tool-call markers such as [TOOL_CALLS] can be seen at all.
+                text = decoder.decode(self._piece(token, special=True))
                 safe, stopped = stopper.feed(text)
                 if safe:
                     emit(Piece(safe))

@@ -160,17 +160,19 @@ class Scheduler:
             if current is not None:
                 current.unload_when_idle = False
                 return current, 0.0
-            await self._make_room(facts)
+            await self._make_room(facts, config)
             runner = await asyncio.to_thread(LlamaRunner, config)
             loaded = Loaded(key=key, facts=facts, runner=runner)
             self._loaded[key] = loaded
             log.info("loaded %s (n_ctx=%d) in %.2fs", facts.name.display, config.n_ctx, runner.load_seconds)
             return loaded, runner.load_seconds
 
-    async def _make_room(self, facts: ModelFacts) -> None:
-        # Another instance of the same model with other load-time options: replace it when idle.
+    async def _make_room(self, facts: ModelFacts, config: LoadConfig) -> None:
+        # The same model loaded with other load-time options (num_ctx, say): replace it when idle.
+        # Its embedding instance is kept beside a chat instance: a RAG client alternates the two.
         for loaded in list(self._loaded.values()):
-            if loaded.facts.entry.digest == facts.entry.digest and loaded.active == 0:
+            same_kind = loaded.runner.config.embedding == config.embedding
+            if loaded.facts.entry.digest == facts.entry.digest and same_kind and loaded.active == 0:
                 await self._unload(loaded)
         while len(self._loaded) >= self.max_loaded:
             idle = [item for item in self._loaded.values() if item.active == 0]
