@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from ..store.describe import details
 from .schemas import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest
 from .streaming import ClosingStreamingResponse, ndjson
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 NDJSON = "application/x-ndjson"
 
@@ -63,6 +65,9 @@ async def _respond(
                     item = await anext(events, None)
             except LocalLLMError as exc:  # after the status line went out: an error line, as Ollama
                 yield {"error": exc.message}
+            except Exception as exc:  # never a cut connection without a word
+                log.exception("generation failed mid-stream")
+                yield {"error": f"internal error: {type(exc).__name__}"}
             finally:
                 await events.aclose()
 
