@@ -26,6 +26,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -40,17 +41,20 @@ def raw_run(llama, prompt: str, tokens: int) -> tuple[float, float]:
     """(seconds to the first token, decode tokens/s after it)."""
     llama.reset()  # from an empty cache, as localllm starts each request (see the module docstring)
     start = time.perf_counter()
+    chunks = llama.create_completion(prompt, max_tokens=tokens, temperature=0.0, repeat_penalty=1.0, stream=True)
+    first, last, count = _arrivals(chunks)
+    return first - start, (count - 1) / (last - first)
+
+
+def _arrivals(pieces: Iterable[object]) -> tuple[float, float, int]:
+    """When the first and the last piece arrived, and how many there were."""
     first = last = 0.0
     count = 0
-    for _chunk in llama.create_completion(
-        prompt, max_tokens=tokens, temperature=0.0, repeat_penalty=1.0, stream=True
-    ):
-        now = time.perf_counter()
-        if count == 0:
-            first = now
-        last = now
+    for _piece in pieces:
+        last = time.perf_counter()
+        first = first or last
         count += 1
-    return first - start, (count - 1) / (last - first)
+    return first, last, count
 
 
 def localllm_run(client: httpx.Client, prompt: str, tokens: int) -> tuple[float, float]:
@@ -60,22 +64,21 @@ def localllm_run(client: httpx.Client, prompt: str, tokens: int) -> tuple[float,
         "options": {"temperature": 0, "repeat_penalty": 1.0, "num_predict": tokens, "num_ctx": N_CTX,
                     "num_thread": THREADS},
     }
+    final: dict = {}
+
+    def pieces(lines: Iterable[str]) -> Iterator[dict]:
+        for line in lines:
+            chunk = json.loads(line) if line else None
+            if chunk and chunk.get("done"):
+                final.update(chunk)
+                return
+            if chunk:
+                yield chunk
+
     start = time.perf_counter()
-    first = last = 0.0
-    count = 0
     with client.stream("POST", "/api/generate", json=body) as response:
-        for line in response.iter_lines():
-            if not line:
-                continue
-            chunk = json.loads(line)
-            if chunk.get("done"):
-                eval_count = chunk["eval_count"]
-                break
-            now = time.perf_counter()
-            if count == 0:
-                first = now
-            last = now
-            count += 1
+        first, last, _ = _arrivals(pieces(response.iter_lines()))
+    eval_count = final["eval_count"]
     # pieces can hold several tokens (UTF-8, stop words): rate by the server's token count
     return first - start, (eval_count - 1) / (last - first)
 

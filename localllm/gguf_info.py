@@ -83,11 +83,6 @@ class GGUFInfo:
         return int(value) if isinstance(value, int) else None
 
     @property
-    def embedding_length(self) -> int | None:
-        value = self.metadata.get(f"{self.architecture}.embedding_length")
-        return int(value) if isinstance(value, int) else None
-
-    @property
     def chat_template(self) -> str | None:
         value = self.metadata.get("tokenizer.chat_template")
         return value if isinstance(value, str) else None
@@ -301,7 +296,6 @@ class ModelSummary:
     parameter_count: int
     quantization_level: str
     context_length: int | None
-    chat_template: str | None
 
     @classmethod
     def from_parts(cls, parts: list[GGUFInfo]) -> ModelSummary:
@@ -314,5 +308,4 @@ class ModelSummary:
             parameter_size=format_parameter_size(sum(p.parameter_count for p in parts)),
             quantization_level=first.quantization,
             context_length=first.context_length,
-            chat_template=first.chat_template,
         )

@@ -190,9 +190,6 @@ class LlamaRunner:
         n = llama_cpp.llama_token_to_piece(self._model.vocab, token, buffer, len(buffer), 0, special)
         return buffer.raw[:n]
 
-    def detokenize(self, tokens: list[int]) -> str:
-        return b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
-
     def close(self) -> None:
         with self._busy:
             self.llama.close()
