@@ -14,8 +14,14 @@ from .errors import ApiError, DaemonUnavailable
 
 class Client:
     def __init__(self, base_url: str | None = None, timeout: float | None = None) -> None:
-        self.base_url = base_url or get_settings().base_url
-        self._http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout or 60.0, read=None))
+        settings = get_settings()
+        self.base_url = base_url or settings.base_url
+        key = settings.api_key.get_secret_value() if settings.api_key else ""
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout or 60.0, read=None),
+            headers={"Authorization": f"Bearer {key}"} if key else None,
+        )
 
     def close(self) -> None:
         self._http.close()

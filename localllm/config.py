@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 11434
@@ -35,6 +35,13 @@ class Settings(BaseSettings):
         description="How long a model stays loaded after a request: a duration ('5m', '1h'), seconds, or -1 for ever.",
     )
     max_loaded_models: int = Field(default=3, ge=1, description="How many model instances may be loaded at once.")
+    max_queue: int = Field(
+        default=512, ge=0, description="Requests that may wait for a busy model; beyond this they get 503."
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, every request but the health check needs 'Authorization: Bearer <key>'.",
+    )
     hf_endpoint: str = Field(
         default="https://huggingface.co",
         validation_alias=AliasChoices("HF_ENDPOINT", "LOCALLLM_HF_ENDPOINT"),

@@ -10,7 +10,9 @@ server maps each class to an HTTP status in one place (``server/errors.py``)::
     │   ├── DigestMismatch             400  uploaded bytes do not hash to the digest
     │   ├── AmbiguousFile              400  a Hub repo with several files and no way to choose
     │   ├── TemplateError              400  a prompt template that does not parse or render
-    │   └── UnsupportedInput           400  e.g. images for a model without vision, tools without a template for them
+    │   ├── UnsupportedInput           400  e.g. images for a model without vision, tools without a template for them
+    │   └── ContextLengthExceeded      400  a prompt longer than the loaded context
+    ├── Unauthorized                   401  LOCALLLM_API_KEY is set and the request lacks it
     ├── NotFound                       404
     │   ├── ModelNotFound              404  no such model in the store
     │   ├── BlobNotFound               404
@@ -18,10 +20,14 @@ server maps each class to an HTTP status in one place (``server/errors.py``)::
     ├── InvalidModelFile               422  a GGUF that is truncated or malformed
     ├── RegistryError                  502  the Hub failed or lied
     │   └── VerificationFailed         502  downloaded bytes do not match the Hub's sha256
+    ├── ServerBusy                     503  every slot and queue place is taken (with Retry-After)
     ├── StorageError                   507  the disk is full or not writable
     └── ClientError                         raised by the CLI's client, never served
         ├── DaemonUnavailable               no daemon answers at LOCALLLM_HOST
         └── ApiError                        the daemon answered with an error (carries its status)
+
+Each error may name the request field at fault (``param``) and a machine-readable ``code``; the
+OpenAI-compatible face puts both in its error object, the native face shows the message only.
 """
 
 from __future__ import annotations
@@ -29,10 +35,14 @@ from __future__ import annotations
 
 class LocalLLMError(Exception):
     status_code = 500
+    code: str | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
 
 
 class InvalidRequest(LocalLLMError):
@@ -63,12 +73,24 @@ class UnsupportedInput(InvalidRequest):
     pass
 
 
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class Unauthorized(LocalLLMError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
 class NotFound(LocalLLMError):
     status_code = 404
 
 
 class ModelNotFound(NotFound):
-    pass
+    code = "model_not_found"
+
+    def __init__(self, message: str, *, param: str | None = "model", code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
 
 
 class BlobNotFound(NotFound):
@@ -89,6 +111,15 @@ class RegistryError(LocalLLMError):
 
 class VerificationFailed(RegistryError):
     pass
+
+
+class ServerBusy(LocalLLMError):
+    status_code = 503
+    code = "server_overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StorageError(LocalLLMError):

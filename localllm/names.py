@@ -21,6 +21,11 @@ HF_HOSTS = ("hf.co", "huggingface.co")
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,79}")
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,349}(:[0-9]{1,5})?")
 MAX_NAME_LENGTH = 512
+# The names parse() accepts, as one regex for API documents (parse() stays the validator and explains).
+_P = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,79}"
+MODEL_NAME_PATTERN = (
+    rf"^(https?://)?(([A-Za-z0-9_][A-Za-z0-9_.\-]{{0,349}}(:[0-9]{{1,5}})?/{_P}/)|({_P}/))?{_P}(:{_P})?$"
+)
 
 
 @dataclass(frozen=True)

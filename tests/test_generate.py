@@ -270,7 +270,7 @@ WEATHER = {
 
 @pytest.fixture
 def tool_daemon(daemon: Daemon, hub: FakeHub, tmp_path: Path) -> Daemon:
-    path = write_tiny_llama(tmp_path / "tools.gguf", chat_template=TOOLS_TEMPLATE, seed=3)
+    path = write_tiny_llama(tmp_path / "tools.gguf", chat_template=TOOLS_TEMPLATE, seed=3, context_length=2048)
     hub.add_file("acme/tiny-tools", "tiny-tools.Q8_0.gguf", path)
     assert pull_events(daemon, "hf.co/acme/tiny-tools")[-1] == {"status": "success"}
     return daemon

@@ -7,6 +7,7 @@ do not talk to the runner or the scheduler themselves.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -50,6 +51,23 @@ class Outcome:
         }
 
 
+def forced_calls(text: str, names: set[str]) -> tuple[str, list[dict[str, Any]]]:
+    """Tool calls from output a grammar forced into ``{"name", "arguments"}`` objects (or a list of them).
+
+    A cut-short output (the token limit) does not parse; it stays content, as any other non-call."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text, []
+    items = data if isinstance(data, list) else [data]
+    calls = [
+        {"function": {"name": item["name"], "arguments": item.get("arguments") or {}}}
+        for item in items
+        if isinstance(item, dict) and item.get("name") in names
+    ]
+    return ("", calls) if calls else (text, [])
+
+
 def sampling_of(options: Options) -> Sampling:
     """The sampling settings the options set (``Sampling`` names its fields after Ollama's options)."""
     return Sampling(**options.model_dump(include=set(Sampling.__dataclass_fields__), exclude_none=True))
@@ -72,13 +90,21 @@ async def generate(
     keep_alive: float | None,
     build_prompt: BuildPrompt,
     format: Any = None,
+    grammar: str | None = None,
     tools: list[dict[str, Any]] | None = None,
-) -> AsyncIterator[str | Outcome]:
+    calls_are_json: bool = False,
+    logit_bias: dict[int, float] | None = None,
+    logprobs: int | None = None,
+) -> AsyncIterator[Piece | Outcome]:
     """Yield text pieces, then one :class:`Outcome`. With tools, the text comes in one piece at the end
-    (a tool call is only recognisable once the output is complete)."""
+    (a tool call is only recognisable once the output is complete).
+
+    ``grammar`` (GBNF) takes the place of ``format``; ``calls_are_json`` says the grammar forced the
+    whole output to be tool calls as JSON (OpenAI's ``tool_choice: required``), so it is read as such.
+    """
     started = time.perf_counter_ns()
     options = facts.params.merged(options)
-    grammar = grammar_for(format)
+    grammar = grammar or grammar_for(format)
     async with scheduler.lease(facts, options, keep_alive=keep_alive) as (runner, load_seconds):
         tokens, template = build_prompt(runner)
         request = CompletionRequest(
@@ -87,25 +113,31 @@ async def generate(
             num_predict=options.get("num_predict", -1),
             stop=stop_words(options, template),
             grammar=grammar,
+            logit_bias=logit_bias or {},
+            logprobs=logprobs,
         )
-        pieces: list[str] = []
+        pieces: list[Piece] = []
         finished: Finished | None = None
         async with aclosing(runner.complete(request)) as events:
             async for event in events:
                 if isinstance(event, Piece):
-                    pieces.append(event.text)
+                    pieces.append(event)
                     if not tools:
-                        yield event.text
+                        yield event
                 else:
                     finished = event
     assert finished is not None
-    text = "".join(pieces)
+    text = "".join(piece.text for piece in pieces)
     calls: list[dict[str, Any]] = []
     if tools:
         names = {t.get("function", {}).get("name") for t in tools if isinstance(t, dict)} - {None}
-        text, calls = parse_tool_calls(text, template_source=template_source(facts), tool_names=names)
+        if calls_are_json:
+            text, calls = forced_calls(text, names)
+        else:
+            text, calls = parse_tool_calls(text, template_source=template_source(facts), tool_names=names)
         if text:
-            yield text
+            merged = None if logprobs is None else [lp for piece in pieces for lp in piece.logprobs or []]
+            yield Piece(text, merged)
     yield Outcome(
         reason=finished.reason,
         text=text,

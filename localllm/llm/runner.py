@@ -25,7 +25,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from ..errors import InvalidModelFile, InvalidRequest
+from ..errors import ContextLengthExceeded, InvalidModelFile, InvalidRequest, ServerBusy
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,24 @@ class CompletionRequest:
     num_predict: int = -1  # -1: until a stop or a full context
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None  # GBNF
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit; -100 bans
+    logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and the k likeliest
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability under the model (before sampling settings)."""
+
+    token: str
+    bytes: bytes
+    logprob: float | None  # None: the first token of a scored prompt, which nothing predicts
+    top: list[tuple[str, bytes, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Piece:
     text: str
+    logprobs: list[TokenLogprob] | None = None  # the tokens this text came from, when asked for
 
 
 @dataclass(frozen=True)
@@ -119,10 +132,12 @@ class StopMatcher:
 
 
 class LlamaRunner:
-    """One llama.cpp model instance; one completion at a time."""
+    """One llama.cpp model instance; one completion at a time, up to ``max_queue`` more waiting."""
 
-    def __init__(self, config: LoadConfig) -> None:
+    def __init__(self, config: LoadConfig, *, max_queue: int = 512) -> None:
         self.config = config
+        self.max_queue = max_queue
+        self._waiting = 0
         started = time.perf_counter()
         try:
             self.llama = llama_cpp.Llama(
@@ -153,6 +168,21 @@ class LlamaRunner:
     @property
     def n_ctx(self) -> int:
         return self.llama.n_ctx()
+
+    @property
+    def n_vocab(self) -> int:
+        return self.llama.n_vocab()
+
+    def check_tokens(self, tokens: list[int], param: str) -> None:
+        """Token ids from a client must exist in the vocabulary before llama.cpp indexes with them."""
+        n_vocab = self.n_vocab
+        bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise InvalidRequest(f"token id {bad} is not in this model's vocabulary (0 to {n_vocab - 1})",
+                                 param=param)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self._piece(t, special=True) for t in tokens).decode("utf-8", errors="replace")
 
     @property
     def bos_text(self) -> str:
@@ -194,15 +224,35 @@ class LlamaRunner:
         with self._busy:
             self.llama.close()
 
+    # --- turns ---------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """Wait for this instance in arrival order; refuse when ``max_queue`` requests already wait."""
+        if self._lock.locked() and self._waiting >= self.max_queue:
+            raise ServerBusy(
+                f"this model is busy and {self._waiting} request(s) are already waiting for it; try again shortly"
+            )
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     # --- completion ----------------------------------------------------------
     async def complete(self, request: CompletionRequest) -> AsyncIterator[Piece | Finished]:
         """Stream a completion. Closing the iterator early cancels the decode within one token."""
         if len(request.prompt_tokens) >= self.n_ctx:
-            raise InvalidRequest(
+            raise ContextLengthExceeded(
                 f"the prompt is {len(request.prompt_tokens)} tokens, more than this model's context of "
                 f"{self.n_ctx} tokens holds; shorten it or raise the num_ctx option"
             )
-        async with self._lock:
+        self.check_tokens(list(request.logit_bias), "logit_bias")
+        grammar = _compiled_grammar(request.grammar)
+        async with self._turn():
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[Piece | Finished | BaseException] = asyncio.Queue()
             cancel = threading.Event()
@@ -211,7 +261,7 @@ class LlamaRunner:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
             worker = threading.Thread(
-                target=self._run, args=(request, cancel, emit), name="llama-decode", daemon=True
+                target=self._run, args=(request, grammar, cancel, emit), name="llama-decode", daemon=True
             )
             worker.start()
             try:
@@ -226,18 +276,25 @@ class LlamaRunner:
                 cancel.set()
                 await asyncio.to_thread(worker.join)
 
-    def _run(self, request: CompletionRequest, cancel: threading.Event, emit: Callable) -> None:
+    def _run(
+        self, request: CompletionRequest, grammar: llama_cpp.LlamaGrammar | None, cancel: threading.Event,
+        emit: Callable,
+    ) -> None:
         try:
             with self._busy:
-                emit(self._decode(request, cancel, emit))
+                emit(self._decode(request, grammar, cancel, emit))
         except BaseException as exc:  # delivered to the awaiting side
             log.exception("decode failed")
             emit(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
 
-    def _decode(self, request: CompletionRequest, cancel: threading.Event, emit: Callable) -> Finished:
+    def _decode(
+        self, request: CompletionRequest, grammar: llama_cpp.LlamaGrammar | None, cancel: threading.Event,
+        emit: Callable,
+    ) -> Finished:
         llama, s = self.llama, request.sampling
-        llama.set_seed(s.seed if s.seed >= 0 else random.randrange(2**31))
-        grammar = llama_cpp.LlamaGrammar.from_string(request.grammar, verbose=False) if request.grammar else None
+        llama.set_seed(s.seed % 2**32 if s.seed >= 0 else random.randrange(2**31))  # llama.cpp seeds are 32-bit
+        processors = llama_cpp.LogitsProcessorList([_biaser(request.logit_bias)]) if request.logit_bias else None
+        pending_logprobs: list[TokenLogprob] | None = [] if request.logprobs is not None else None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stopper = StopMatcher(request.stop)
         vocab = self._model.vocab
@@ -268,6 +325,7 @@ class LlamaRunner:
             mirostat_eta=s.mirostat_eta,
             penalize_nl=s.penalize_newline,
             grammar=grammar,
+            logits_processor=processors,
         )
         try:
             for token in tokens:
@@ -282,10 +340,13 @@ class LlamaRunner:
                 output.append(token)
                 # Control tokens are rendered as text, so stop words such as <start_of_turn> or
                 # <|im_end|> and tool-call markers such as [TOOL_CALLS] can be seen at all.
-                text = decoder.decode(self._piece(token, special=True))
-                safe, stopped = stopper.feed(text)
+                raw = self._piece(token, special=True)
+                if pending_logprobs is not None:
+                    pending_logprobs.append(self._logprob_of(token, raw, request.logprobs or 0))
+                safe, stopped = stopper.feed(decoder.decode(raw))
                 if safe:
-                    emit(Piece(safe))
+                    emit(Piece(safe, pending_logprobs))
+                    pending_logprobs = [] if pending_logprobs is not None else None
                 if stopped:
                     break
                 if (budget is not None and len(output) >= budget) or len(output) >= room:
@@ -296,7 +357,7 @@ class LlamaRunner:
         tail = stopper.flush() if reason != "stop" or not stopper.stops else ""
         tail += decoder.decode(b"", final=True)
         if tail and reason != "cancelled":
-            emit(Piece(tail))
+            emit(Piece(tail, pending_logprobs))
         ended = time.perf_counter_ns()
         first_token_at = first_token_at or ended
         return Finished(
@@ -308,26 +369,75 @@ class LlamaRunner:
             output_tokens=output,
         )
 
-    # --- embeddings ----------------------------------------------------------
-    async def embed(self, texts: list[str], *, truncate: bool) -> tuple[list[list[float]], int]:
-        """Pooled, L2-normalized embeddings and the number of input tokens."""
-        async with self._lock:
-            return await asyncio.to_thread(self._embed, texts, truncate)
+    def _logprob_of(self, token: int, raw: bytes, top: int, row: int = -1) -> TokenLogprob:
+        """The token's log-probability from the logits it was sampled from (by default the last decoded row)."""
+        pointer = llama_cpp.llama_get_logits_ith(self.llama._ctx.ctx, row)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        log_total = peak + np.log(np.exp(logits - peak).sum())
+        best: list[tuple[str, bytes, float]] = []
+        if top > 0:
+            ids = np.argpartition(-logits, top)[:top]
+            for other in ids[np.argsort(-logits[ids])]:
+                piece = self._piece(int(other), special=True)
+                best.append((piece.decode("utf-8", errors="replace"), piece, float(logits[other] - log_total)))
+        return TokenLogprob(raw.decode("utf-8", errors="replace"), raw, float(logits[token] - log_total), best)
 
-    def _embed(self, texts: list[str], truncate: bool) -> tuple[list[list[float]], int]:
+    # --- scoring -------------------------------------------------------------
+    async def score(self, tokens: list[int], top: int) -> list[TokenLogprob]:
+        """Each prompt token's log-probability given the tokens before it (the completions API's
+        ``echo`` with ``logprobs``, used to score text); the first token's is None."""
+        if len(tokens) > self.n_ctx:
+            raise ContextLengthExceeded(
+                f"the prompt is {len(tokens)} tokens, more than this model's context of {self.n_ctx} tokens holds"
+            )
+        async with self._turn():
+            return await asyncio.to_thread(self._score, tokens, top)
+
+    def _score(self, tokens: list[int], top: int) -> list[TokenLogprob]:
         with self._busy:
-            return self._embed_all(texts, truncate)
+            llama = self.llama
+            self._clear_cache()
+            first = self._piece(tokens[0], special=True) if tokens else b""
+            scored = [TokenLogprob(first.decode("utf-8", errors="replace"), first, None)] if tokens else []
+            step = llama.n_batch  # the capacity of its batch
+            for start in range(0, len(tokens), step):
+                chunk = tokens[start:start + step]
+                llama._batch.set_batch(chunk, n_past=start, logits_all=True)
+                llama._ctx.decode(llama._batch)
+                for row in range(len(chunk)):
+                    following = start + row + 1
+                    if following < len(tokens):
+                        raw = self._piece(tokens[following], special=True)
+                        scored.append(self._logprob_of(tokens[following], raw, top, row))
+            self._clear_cache()
+            return scored
 
-    def _embed_all(self, texts: list[str], truncate: bool) -> tuple[list[list[float]], int]:
+    # --- embeddings ----------------------------------------------------------
+    async def embed(self, inputs: list[str | list[int]], *, truncate: bool) -> tuple[list[list[float]], int]:
+        """Pooled, L2-normalized embeddings of texts (or token lists) and the number of input tokens."""
+        for item in inputs:
+            if not isinstance(item, str):
+                self.check_tokens(item, "input")
+        async with self._turn():
+            return await asyncio.to_thread(self._embed, inputs, truncate)
+
+    def _embed(self, inputs: list[str | list[int]], truncate: bool) -> tuple[list[list[float]], int]:
+        with self._busy:
+            return self._embed_all(inputs, truncate)
+
+    def _embed_all(self, inputs: list[str | list[int]], truncate: bool) -> tuple[list[list[float]], int]:
         vectors, count = [], 0
         limit = self.n_ctx
-        for text in texts:
-            tokens = self.tokenize(text, add_bos=True)
+        for item in inputs:
+            tokens = self.tokenize(item, add_bos=True) if isinstance(item, str) else list(item)
+            if not tokens:
+                raise InvalidRequest("an input to embed is empty", param="input")
             if len(tokens) > limit:
                 if not truncate:
-                    raise InvalidRequest(
+                    raise ContextLengthExceeded(
                         f"the input is {len(tokens)} tokens, more than the context of {limit}; "
-                        "set truncate to true or raise num_ctx"
+                        "set truncate to true or raise num_ctx", param="input"
                     )
                 tokens = tokens[:limit]
             count += len(tokens)
@@ -350,6 +460,28 @@ class LlamaRunner:
         vector = np.ctypeslib.as_array(pointer, shape=(llama.n_embd(),)).astype(np.float64)
         norm = float(np.linalg.norm(vector))
         return (vector / norm if norm > 0 else vector).tolist()
+
+
+def _compiled_grammar(source: str | None) -> llama_cpp.LlamaGrammar | None:
+    """Compile before the turn starts, so a grammar llama.cpp rejects is a 400, not a failed decode."""
+    if not source:
+        return None
+    try:
+        return llama_cpp.LlamaGrammar.from_string(source, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        raise InvalidRequest(f"the output grammar could not be compiled: {exc}", param="response_format") from exc
+
+
+def _biaser(bias: dict[int, float]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A logits processor adding OpenAI's ``logit_bias`` (-100 bans a token outright)."""
+    ids = np.fromiter(bias, dtype=np.intp, count=len(bias))
+    values = np.array([-np.inf if v <= -100 else v for v in bias.values()], dtype=np.float32)
+
+    def apply(_input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        scores[ids] += values
+        return scores
+
+    return apply
 
 
 def _pooling_for(config: LoadConfig) -> int:

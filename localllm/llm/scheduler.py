@@ -74,8 +74,11 @@ def _gguf_info(digest: str, path: Path) -> GGUFInfo:
 
 
 class Scheduler:
-    def __init__(self, store: ModelStore, *, max_loaded: int = 3, default_keep_alive: float = 300.0) -> None:
+    def __init__(
+        self, store: ModelStore, *, max_loaded: int = 3, default_keep_alive: float = 300.0, max_queue: int = 512
+    ) -> None:
         self.store = store
+        self.max_queue = max_queue
         self.max_loaded = max(1, max_loaded)
         self.default_keep_alive = default_keep_alive
         self._loaded: dict[tuple, Loaded] = {}
@@ -100,11 +103,15 @@ class Scheduler:
 
     def _load_config(self, facts: ModelFacts, options: Options, embedding: bool) -> LoadConfig:
         trained = facts.info.context_length or DEFAULT_NUM_CTX
+        # Beyond its trained context a model answers badly, and a KV cache for a million tokens is
+        # gigabytes: a request asking for more gets the trained size.
+        n_ctx = min(options.get("num_ctx", DEFAULT_NUM_CTX), trained)
+        cores = default_threads()
         return LoadConfig(
             model_path=self._model_path(facts),
-            n_ctx=options.get("num_ctx", min(DEFAULT_NUM_CTX, trained)),
+            n_ctx=n_ctx,
             n_batch=options.get("num_batch", 512),
-            n_threads=options.get("num_thread", 0) or default_threads(),
+            n_threads=min(options.get("num_thread", 0) or cores, 4 * cores),
             use_mmap=options.get("use_mmap", True),
             use_mlock=options.get("use_mlock", False),
             embedding=embedding,
@@ -161,7 +168,7 @@ class Scheduler:
                 current.unload_when_idle = False
                 return current, 0.0
             await self._make_room(facts, config)
-            runner = await asyncio.to_thread(LlamaRunner, config)
+            runner = await asyncio.to_thread(LlamaRunner, config, max_queue=self.max_queue)
             loaded = Loaded(key=key, facts=facts, runner=runner)
             self._loaded[key] = loaded
             log.info("loaded %s (n_ctx=%d) in %.2fs", facts.name.display, config.n_ctx, runner.load_seconds)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
@@ -17,18 +17,29 @@ from ..llm.options import parse_keep_alive
 from ..llm.scheduler import Scheduler
 from ..store.models import ModelStore
 from ..store.registry import Puller
-from . import ollama_api, ollama_inference
+from . import ollama_api, ollama_inference, openai_api
+from .auth import require_api_key
 from .errors import install_error_handlers
 from .middleware import JsonBodyMiddleware, LoopbackHostMiddleware, origin_regex
+from .openapi import install_openapi
 
 log = logging.getLogger("localllm")
+API_DESCRIPTION = (
+    "localllm serves two faces on one port: the Ollama-compatible native API under /api (NDJSON streams, "
+    "errors as {\"error\": message}) and the OpenAI-compatible API under /v1 (SSE streams, errors as "
+    "{\"error\": {message, type, param, code}}). Set the context size through the model's params or the "
+    "`options` extension field, e.g. {\"options\": {\"num_ctx\": 8192}}."
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     store = ModelStore(settings.models_dir)
     scheduler = Scheduler(
-        store, max_loaded=settings.max_loaded_models, default_keep_alive=parse_keep_alive(settings.keep_alive)
+        store,
+        max_loaded=settings.max_loaded_models,
+        default_keep_alive=parse_keep_alive(settings.keep_alive),
+        max_queue=settings.max_queue,
     )
 
     @asynccontextmanager
@@ -47,16 +58,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="localllm",
         version=__version__,
-        description="Ollama-compatible native API of localllm.",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(require_api_key)],
     )
     app.state.settings = settings
     app.state.store = store
     app.state.puller = Puller(store, settings)
     app.state.scheduler = scheduler
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(ollama_api.router)
     app.include_router(ollama_inference.router)
+    app.include_router(openai_api.router)
     app.add_middleware(
         CORSMiddleware,
         allow_origin_regex=origin_regex(settings.extra_origins),

@@ -9,6 +9,7 @@ import socket
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import is_loopback_host
+from .errors import error_body
 
 # Ollama's defaults: local web pages and desktop-app shells.
 LOCAL_ORIGINS = (
@@ -58,7 +59,8 @@ class LoopbackHostMiddleware:
         if scope["type"] == "http":
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
             if not allowed_host(host):
-                body = json.dumps({"error": f"forbidden: host '{_hostname(host)}' is not a local name"}).encode()
+                message = f"forbidden: host '{_hostname(host)}' is not a local name"
+                body = json.dumps(error_body(scope["path"], 403, message)).encode()
                 await send(
                     {
                         "type": "http.response.start",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..names import ModelName
-from ..store.blobs import parse_digest
+from ..store.blobs import DIGEST_PATTERN, parse_digest
 from ..store.describe import list_entry, show
 from ..store.models import ModelStore
 from ..store.registry import Puller
@@ -19,6 +19,7 @@ from .streaming import ClosingStreamingResponse, Event, events_from_thread, ndjs
 
 router = APIRouter()
 NDJSON = "application/x-ndjson"
+DIGEST = Path(description="sha256:<64 hex digits>", json_schema_extra={"pattern": f"^{DIGEST_PATTERN.pattern}$"})
 
 
 def _store(request: Request) -> ModelStore:
@@ -96,13 +97,13 @@ async def copy(body: CopyRequest, request: Request) -> Response:
 
 
 @router.head("/api/blobs/{digest}")
-async def blob_exists(digest: str, request: Request) -> Response:
+async def blob_exists(request: Request, digest: str = DIGEST) -> Response:
     canonical = parse_digest(digest)
     return Response(status_code=200 if _store(request).blobs.exists(canonical) else 404)
 
 
 @router.post("/api/blobs/{digest}", status_code=201)
-async def blob_upload(digest: str, request: Request) -> Response:
+async def blob_upload(request: Request, digest: str = DIGEST) -> Response:
     canonical = parse_digest(digest)
     store = _store(request)
     blobs = store.blobs

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,15 +13,17 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import LocalLLMError, UnsupportedInput
+from ..llm.embedding import embed
 from ..llm.generation import Outcome, generate, load_only
 from ..llm.grammar import grammar_for
 from ..llm.options import parse_keep_alive, parse_options
 from ..llm.prompts import chat_tokens, generate_tokens
+from ..llm.runner import Piece
 from ..llm.scheduler import ModelFacts, Scheduler
 from ..names import ModelName
 from ..store.describe import details
 from .schemas import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest
-from .streaming import ClosingStreamingResponse, ndjson
+from .streaming import ClosingStreamingResponse, ndjson, until_disconnected
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -48,7 +48,7 @@ def _keep_alive(value: Any) -> float | None:
 
 
 async def _respond(
-    request: Request, events: AsyncIterator[str | Outcome], chunk: Any, final: Any, stream: bool
+    request: Request, events: AsyncIterator[Piece | Outcome], chunk: Any, final: Any, stream: bool
 ) -> Response:
     """Stream NDJSON chunks, or gather one object; errors before the first piece keep their status.
 
@@ -58,10 +58,10 @@ async def _respond(
 
     if stream:
         async def lines() -> AsyncIterator[dict[str, Any]]:
-            item: str | Outcome | None = first
+            item: Piece | Outcome | None = first
             try:
                 while item is not None:
-                    yield final(item, None) if isinstance(item, Outcome) else chunk(item)
+                    yield final(item, None) if isinstance(item, Outcome) else chunk(item.text)
                     item = await anext(events, None)
             except LocalLLMError as exc:  # after the status line went out: an error line, as Ollama
                 yield {"error": exc.message}
@@ -75,29 +75,16 @@ async def _respond(
 
     async def gather() -> dict[str, Any]:
         pieces: list[str] = []
-        item: str | Outcome | None = first
+        item: Piece | Outcome | None = first
         try:
             while not isinstance(item, Outcome):
-                pieces.append(item)  # type: ignore[arg-type]
+                pieces.append(item.text)  # type: ignore[union-attr]
                 item = await anext(events)
         finally:
             await events.aclose()
         return final(item, "".join(pieces))
 
-    return JSONResponse(await _until_disconnected(request, gather()))
-
-
-async def _until_disconnected(request: Request, work: Any) -> Any:
-    """Run ``work``; if the client goes away first, cancel it (nothing decodes for nobody)."""
-    task = asyncio.ensure_future(work)
-    while not task.done():
-        done, _ = await asyncio.wait({task}, timeout=0.1)
-        if not done and await request.is_disconnected():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            return {}  # nobody is there to read it
-    return task.result()
+    return JSONResponse(await until_disconnected(request, gather()))
 
 
 # --- /api/generate -----------------------------------------------------------
@@ -185,51 +172,31 @@ async def chat_route(body: ChatRequest, request: Request) -> Response:
 
 
 # --- embeddings --------------------------------------------------------------
-async def _embed(
-    request: Request, model: str, inputs: list[str], *, truncate: bool, options: Any, keep_alive: Any
-) -> tuple[ModelFacts, list[list[float]], int, int, int]:
-    started = datetime.now(UTC)
-    facts = await _facts(request, model)
-    merged = facts.params.merged(parse_options(options))
-    async with _scheduler(request).lease(
-        facts, merged, keep_alive=_keep_alive(keep_alive), embedding=True
-    ) as (runner, load_seconds):
-        vectors, count = await runner.embed(inputs, truncate=truncate) if inputs else ([], 0)
-    total_ns = int((datetime.now(UTC) - started).total_seconds() * 1e9)
-    return facts, vectors, count, int(load_seconds * 1e9), total_ns
-
-
-def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
-    """Keep the first ``dimensions`` values and renormalize (Matryoshka-style, as Ollama does)."""
-    if not dimensions or dimensions >= len(vector):
-        return vector
-    head = vector[:dimensions]
-    norm = sum(v * v for v in head) ** 0.5
-    return [v / norm for v in head] if norm else head
-
-
 @router.post("/api/embed")
 async def embed_route(body: EmbedRequest, request: Request) -> dict[str, Any]:
-    inputs = [body.input] if isinstance(body.input, str) else list(body.input)
-    facts, vectors, count, load_ns, total_ns = await _embed(
-        request, body.model, inputs, truncate=body.truncate, options=body.options, keep_alive=body.keep_alive
+    facts = await _facts(request, body.model)
+    inputs: list[str | list[int]] = [body.input] if isinstance(body.input, str) else list(body.input)
+    result = await embed(
+        _scheduler(request), facts, inputs, options=parse_options(body.options),
+        keep_alive=_keep_alive(body.keep_alive), truncate=body.truncate, dimensions=body.dimensions,
     )
     return {
         "model": facts.name.display,
-        "embeddings": [_shorten(v, body.dimensions) for v in vectors],
-        "total_duration": total_ns,
-        "load_duration": load_ns,
-        "prompt_eval_count": count,
+        "embeddings": result.vectors,
+        "total_duration": result.total_ns,
+        "load_duration": result.load_ns,
+        "prompt_eval_count": result.prompt_tokens,
     }
 
 
 @router.post("/api/embeddings")
 async def embeddings_route(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
-    _, vectors, _, _, _ = await _embed(
-        request, body.model, [body.prompt] if body.prompt else [], truncate=True,
-        options=body.options, keep_alive=body.keep_alive,
+    facts = await _facts(request, body.model)
+    result = await embed(
+        _scheduler(request), facts, [body.prompt] if body.prompt else [], options=parse_options(body.options),
+        keep_alive=_keep_alive(body.keep_alive), truncate=True,
     )
-    return {"embedding": vectors[0] if vectors else []}
+    return {"embedding": result.vectors[0] if result.vectors else []}
 
 
 # --- /api/ps -----------------------------------------------------------------

@@ -6,14 +6,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..names import MODEL_NAME_PATTERN
+
 
 class _Named(BaseModel):
     """Ollama accepts ``model`` and, from older clients, ``name``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"anyOf": [{"required": ["model"]},
+                                     {"required": ["name"], "properties": {"name": {"type": "string"}}}]},
+    )
 
-    model: str = Field(default="", description="Model name, e.g. gemma3:270m or hf.co/user/repo:Q4_K_M")
-    name: str | None = Field(default=None, description="Deprecated alias of model")
+    model: str = Field(default="", description="Model name, e.g. gemma3:270m or hf.co/user/repo:Q4_K_M",
+                       json_schema_extra={"pattern": MODEL_NAME_PATTERN})
+    name: str | None = Field(default=None, description="Deprecated alias of model",
+                             json_schema_extra={"pattern": MODEL_NAME_PATTERN})
 
     @model_validator(mode="after")
     def _model_or_name(self) -> _Named:
@@ -40,8 +48,8 @@ class DeleteRequest(_Named):
 class CopyRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    source: str = Field(min_length=1)
-    destination: str = Field(min_length=1)
+    source: str = Field(min_length=1, json_schema_extra={"pattern": MODEL_NAME_PATTERN})
+    destination: str = Field(min_length=1, json_schema_extra={"pattern": MODEL_NAME_PATTERN})
 
 
 Format = str | dict[str, Any] | None

@@ -1,0 +1,444 @@
+"""The OpenAI-compatible face: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+``/v1/models``. Responses and SSE chunks are shaped exactly as OpenAI's, so the official client
+works unmodified; the generation itself is the same as the native API's (``llm.generation``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..errors import ContextLengthExceeded, InvalidRequest, LocalLLMError
+from ..llm.embedding import embed
+from ..llm.generation import Outcome, generate
+from ..llm.options import Options, parse_keep_alive, parse_options
+from ..llm.prompts import chat_tokens, generate_tokens, to_tokens
+from ..llm.runner import LlamaRunner, Piece, TokenLogprob
+from ..llm.scheduler import ModelFacts, Scheduler
+from ..names import MODEL_NAME_PATTERN, ModelName
+from .errors import error_of
+from .openai_convert import (
+    logit_bias_of,
+    options_of,
+    response_format_grammar,
+    template_messages,
+    tool_plan,
+    with_seed,
+)
+from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .streaming import ClosingStreamingResponse, until_disconnected
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
+FINGERPRINT = f"fp_localllm_{__version__}"
+Events = AsyncIterator[tuple[int, Piece | Outcome]]
+
+
+def _scheduler(request: Request) -> Scheduler:
+    return request.app.state.scheduler
+
+
+def _name(model: str) -> ModelName:
+    try:
+        return ModelName.parse(model)
+    except InvalidRequest as exc:
+        exc.param = "model"
+        raise
+
+
+async def _facts(request: Request, model: str) -> ModelFacts:
+    return await run_in_threadpool(_scheduler(request).facts, _name(model))
+
+
+def _keep_alive(value: Any) -> float | None:
+    try:
+        return None if value is None else parse_keep_alive(value)
+    except InvalidRequest as exc:
+        exc.param = "keep_alive"
+        raise
+
+
+def _finish_reason(outcome: Outcome) -> str:
+    if outcome.tool_calls:
+        return "tool_calls"
+    return "length" if outcome.reason == "length" else "stop"
+
+
+async def _choices(count: int, start: Callable[[int], AsyncIterator[Piece | Outcome]]) -> Events:
+    """``n`` choices, one after another, each event tagged with its choice index."""
+    for index in range(count):
+        async with aclosing(start(index)) as events:
+            async for item in events:
+                yield index, item
+
+
+async def _primed(events: Events, prompt_param: str) -> Events:
+    """Start the generation before the response: loading and prompt errors keep their HTTP status."""
+    try:
+        first = await anext(events)
+    except ContextLengthExceeded as exc:
+        exc.param = exc.param or prompt_param
+        raise
+
+    async def rest() -> Events:
+        try:
+            yield first
+            async for item in events:
+                yield item
+        finally:
+            await events.aclose()
+
+    return rest()
+
+
+def _sse(request: Request, chunks: AsyncIterator[dict[str, Any]]) -> Response:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        except LocalLLMError as exc:  # the status line is gone: an error event, as OpenAI sends
+            yield b"data: " + json.dumps(error_of(request.url.path, exc)).encode() + b"\n\n"
+        except Exception as exc:
+            log.exception("generation failed mid-stream")
+            yield b"data: " + json.dumps({"error": {"message": f"internal error: {type(exc).__name__}",
+                                                    "type": "server_error", "param": None, "code": None}}).encode()
+            yield b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return ClosingStreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+class _Counter:
+    """Tokens used over all choices (the prompt once per distinct prompt, as OpenAI counts)."""
+
+    def __init__(self) -> None:
+        self.prompt: dict[int, int] = {}
+        self.completion = 0
+
+    def add(self, prompt_key: int, outcome: Outcome) -> None:
+        self.prompt[prompt_key] = outcome.prompt_eval_count
+        self.completion += outcome.eval_count
+
+    def usage(self) -> dict[str, int]:
+        return _usage(sum(self.prompt.values()), self.completion)
+
+
+# --- logprobs shapes -------------------------------------------------------------
+def _chat_logprob(item: TokenLogprob) -> dict[str, Any]:
+    return {
+        "token": item.token, "logprob": item.logprob, "bytes": list(item.bytes),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(b)} for t, b, lp in item.top],
+    }
+
+
+def _legacy_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """The completions API's older shape: parallel lists and character offsets into the choice's text."""
+    tokens, logprobs, tops, offsets = [], [], [], []
+    for item in items:
+        tokens.append(item.token)
+        logprobs.append(item.logprob)
+        tops.append(None if item.logprob is None else {t: lp for t, _b, lp in item.top})
+        offsets.append(offset)
+        offset += len(item.token)
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+# --- /v1/chat/completions --------------------------------------------------------
+@router.post("/chat/completions", summary="Create a chat completion")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    facts = await _facts(request, body.model)  # an unknown model is a 404 whatever else is wrong
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
+    plan = tool_plan(body)
+    grammar = plan.grammar or response_format_grammar(body.response_format)
+    messages = template_messages(body.messages)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    options = options_of(body, max_tokens)
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    bias = logit_bias_of(body.logit_bias)
+
+    def build(runner: LlamaRunner) -> Any:
+        try:
+            return chat_tokens(facts, runner, messages, plan.tools)
+        except LocalLLMError as exc:
+            exc.param = exc.param or ("tools" if "tools" in exc.message else "messages")
+            raise
+
+    def start(index: int) -> AsyncIterator[Piece | Outcome]:
+        return generate(
+            _scheduler(request), facts, options=with_seed(options, index), keep_alive=_keep_alive(body.keep_alive),
+            build_prompt=build, grammar=grammar, tools=plan.tools, calls_are_json=plan.forced,
+            logit_bias=bias, logprobs=logprobs,
+        )
+
+    events = await _primed(_choices(body.n, start), "messages")
+    reply = _ChatReply(body, logprobs is not None)
+    if body.stream:
+        return _sse(request, reply.chunks(events))
+    return JSONResponse(await until_disconnected(request, reply.whole(events)))
+
+
+class _ChatReply:
+    def __init__(self, body: ChatCompletionRequest, with_logprobs: bool) -> None:
+        self.body = body
+        self.with_logprobs = with_logprobs
+        self.head = {"id": f"chatcmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": body.model,
+                     "system_fingerprint": FINGERPRINT}
+
+    @staticmethod
+    def tool_calls(outcome: Outcome) -> list[dict[str, Any]]:
+        return [
+            {"id": f"call_{secrets.token_hex(12)}", "type": "function",
+             "function": {"name": call["function"]["name"],
+                          "arguments": json.dumps(call["function"].get("arguments") or {})}}
+            for call in outcome.tool_calls
+        ]
+
+    async def whole(self, events: Events) -> dict[str, Any]:
+        texts: dict[int, list[str]] = {}
+        logprobs: dict[int, list[TokenLogprob]] = {}
+        choices, counter = [], _Counter()
+        async with aclosing(events):
+            async for index, item in events:
+                if isinstance(item, Piece):
+                    texts.setdefault(index, []).append(item.text)
+                    logprobs.setdefault(index, []).extend(item.logprobs or [])
+                    continue
+                counter.add(0, item)
+                calls = self.tool_calls(item)
+                text = "".join(texts.get(index, []))
+                message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None,
+                                           "refusal": None}
+                if calls:
+                    message["tool_calls"] = calls
+                choices.append({
+                    "index": index, "message": message, "finish_reason": _finish_reason(item),
+                    "logprobs": {"content": [_chat_logprob(lp) for lp in logprobs.get(index, [])], "refusal": None}
+                    if self.with_logprobs else None,
+                })
+        return {**self.head, "object": "chat.completion", "choices": choices, "usage": counter.usage()}
+
+    async def chunks(self, events: Events) -> AsyncIterator[dict[str, Any]]:
+        include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
+        extra = {"usage": None} if include_usage else {}
+        counter, started = _Counter(), set()
+
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict:
+            return {**self.head, "object": "chat.completion.chunk",
+                    "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                    **extra}
+
+        async with aclosing(events):
+            async for index, item in events:
+                if index not in started:
+                    started.add(index)
+                    yield chunk(index, {"role": "assistant", "content": "", "refusal": None})
+                if isinstance(item, Piece):
+                    logprobs = None
+                    if self.with_logprobs:
+                        logprobs = {"content": [_chat_logprob(lp) for lp in item.logprobs or []], "refusal": None}
+                    yield chunk(index, {"content": item.text}, logprobs=logprobs)
+                    continue
+                counter.add(0, item)
+                calls = self.tool_calls(item)
+                if calls:
+                    yield chunk(index, {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
+                yield chunk(index, {}, _finish_reason(item))
+        if include_usage:
+            yield {**self.head, "object": "chat.completion.chunk", "choices": [], "usage": counter.usage()}
+
+
+# --- /v1/completions -------------------------------------------------------------
+def _prompts(body: CompletionRequest) -> list[str | list[int]]:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        return [prompt]
+    if all(isinstance(item, int) for item in prompt):
+        return [list(prompt)]  # type: ignore[arg-type]
+    return list(prompt)  # type: ignore[arg-type]
+
+
+@router.post("/completions", summary="Create a completion")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    facts = await _facts(request, body.model)
+    if body.suffix and any(not isinstance(p, str) for p in _prompts(body)):
+        raise InvalidRequest("suffix needs a text prompt", param="suffix")
+    prompts = _prompts(body)
+    options = options_of(body, body.max_tokens)
+    bias = logit_bias_of(body.logit_bias)
+    echoes: dict[int, str] = {}
+
+    def builder(prompt: str | list[int], prompt_index: int) -> Callable[[LlamaRunner], Any]:
+        def build(runner: LlamaRunner) -> Any:
+            if isinstance(prompt, list):
+                runner.check_tokens(prompt, "prompt")
+                echoes[prompt_index] = runner.detokenize(prompt)
+                return list(prompt), None
+            echoes[prompt_index] = prompt
+            if body.suffix:
+                return generate_tokens(facts, runner, prompt=prompt, system=None, template_override=None,
+                                       context=None, raw=True, suffix=body.suffix)
+            return to_tokens(runner, prompt), None
+
+        return build
+
+    def start(index: int) -> AsyncIterator[Piece | Outcome]:
+        prompt_index, choice = divmod(index, body.n)
+        return generate(
+            _scheduler(request), facts, options=with_seed(options, choice), keep_alive=_keep_alive(body.keep_alive),
+            build_prompt=builder(prompts[prompt_index], prompt_index), logit_bias=bias, logprobs=body.logprobs,
+        )
+
+    scores: dict[int, list[TokenLogprob]] = {}
+    if body.echo and body.logprobs is not None:  # score the prompts first (lm-eval-style use)
+        merged = facts.params.merged(options)
+        async with _scheduler(request).lease(facts, merged, keep_alive=_keep_alive(body.keep_alive)) as (runner, _):
+            for index, prompt in enumerate(prompts):
+                tokens, _template = builder(prompt, index)(runner)
+                scored = await runner.score(tokens, body.logprobs)
+                if scored and runner.adds_bos and tokens[0] == runner.bos_token:
+                    scored = scored[1:]  # the BOS token is not part of the echoed text
+                    if scored:
+                        scored[0] = TokenLogprob(scored[0].token, scored[0].bytes, None)
+                scores[index] = scored
+
+    events = await _primed(_choices(len(prompts) * body.n, start), "prompt")
+    reply = _CompletionReply(body, echoes, scores)
+    if body.stream:
+        return _sse(request, reply.chunks(events))
+    return JSONResponse(await until_disconnected(request, reply.whole(events)))
+
+
+class _CompletionReply:
+    def __init__(self, body: CompletionRequest, echoes: dict[int, str], scores: dict[int, list[TokenLogprob]]) -> None:
+        self.body = body
+        self.echoes = echoes  # filled in as each prompt is tokenized
+        self.scores = scores  # the prompts' own log-probabilities, for echo with logprobs
+        self.head = {"id": f"cmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": body.model,
+                     "system_fingerprint": FINGERPRINT}
+
+    def echo(self, index: int) -> str:
+        return self.echoes.get(index // self.body.n, "") if self.body.echo else ""
+
+    def echo_logprobs(self, index: int) -> list[TokenLogprob]:
+        return self.scores.get(index // self.body.n, []) if self.body.echo else []
+
+    async def whole(self, events: Events) -> dict[str, Any]:
+        texts: dict[int, list[str]] = {}
+        logprobs: dict[int, list[TokenLogprob]] = {}
+        choices, counter = [], _Counter()
+        async with aclosing(events):
+            async for index, item in events:
+                if isinstance(item, Piece):
+                    texts.setdefault(index, []).append(item.text)
+                    logprobs.setdefault(index, []).extend(item.logprobs or [])
+                    continue
+                counter.add(index // self.body.n, item)
+                echo = self.echo(index)
+                choices.append({
+                    "index": index, "text": echo + "".join(texts.get(index, [])),
+                    "logprobs": _legacy_logprobs(self.echo_logprobs(index) + logprobs.get(index, []), 0)
+                    if self.body.logprobs is not None else None,
+                    "finish_reason": _finish_reason(item),
+                })
+        return {**self.head, "object": "text_completion", "choices": choices, "usage": counter.usage()}
+
+    async def chunks(self, events: Events) -> AsyncIterator[dict[str, Any]]:
+        include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
+        extra = {"usage": None} if include_usage else {}
+        counter, offsets = _Counter(), {}
+
+        def chunk(index: int, text: str, finish: str | None = None, logprobs: Any = None) -> dict:
+            return {**self.head, "object": "text_completion",
+                    "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+                    **extra}
+
+        async with aclosing(events):
+            async for index, item in events:
+                if index not in offsets:
+                    echo = self.echo(index)
+                    offsets[index] = len(echo)
+                    if echo:
+                        echoed = None
+                        if self.body.logprobs is not None:
+                            echoed = _legacy_logprobs(self.echo_logprobs(index), 0)
+                        yield chunk(index, echo, logprobs=echoed)
+                if isinstance(item, Piece):
+                    logprobs = None
+                    if self.body.logprobs is not None:
+                        logprobs = _legacy_logprobs(item.logprobs or [], offsets[index])
+                    offsets[index] += len(item.text)
+                    yield chunk(index, item.text, logprobs=logprobs)
+                    continue
+                counter.add(index // self.body.n, item)
+                yield chunk(index, "", _finish_reason(item))
+        if include_usage:
+            yield {**self.head, "object": "text_completion", "choices": [], "usage": counter.usage()}
+
+
+# --- /v1/embeddings --------------------------------------------------------------
+@router.post("/embeddings", summary="Create embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+    value = body.input
+    if isinstance(value, str):
+        inputs: list[str | list[int]] = [value]
+    elif all(isinstance(item, int) for item in value):
+        inputs = [list(value)]  # type: ignore[arg-type]
+    else:
+        inputs = list(value)  # type: ignore[arg-type]
+    facts = await _facts(request, body.model)
+    options = _parsed(body.options)
+    result = await embed(_scheduler(request), facts, inputs, options=options, keep_alive=_keep_alive(body.keep_alive),
+                         truncate=False, dimensions=body.dimensions)
+    data = []
+    for index, vector in enumerate(result.vectors):
+        encoded: Any = vector
+        if body.encoding_format == "base64":
+            encoded = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    return {"object": "list", "data": data, "model": body.model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}}
+
+
+def _parsed(options: dict[str, Any] | None) -> Options:
+    try:
+        return parse_options(options)
+    except InvalidRequest as exc:
+        exc.param = exc.param or "options"
+        raise
+
+
+# --- /v1/models ------------------------------------------------------------------
+def _model_object(entry: Any) -> dict[str, Any]:
+    name: ModelName = entry.name
+    return {"id": name.display, "object": "model", "created": int(entry.modified_at.timestamp()),
+            "owned_by": name.namespace or "library"}
+
+
+@router.get("/models", summary="List models")
+async def list_models(request: Request) -> dict[str, Any]:
+    entries = await run_in_threadpool(request.app.state.store.list)
+    return {"object": "list", "data": [_model_object(entry) for entry in entries]}
+
+
+@router.get("/models/{model:path}", summary="Retrieve a model")
+async def get_model(request: Request, model: str = Path(json_schema_extra={"pattern": MODEL_NAME_PATTERN})) -> dict:
+    entry = await run_in_threadpool(request.app.state.store.get, _name(model))
+    return _model_object(entry)
