@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -125,6 +126,29 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+@dataclass
+class _Choice:
+    index: int
+    text: str
+    logprobs: list[TokenLogprob]
+    outcome: Outcome
+
+
+async def _gather(events: Events) -> list[_Choice]:
+    """Every choice whole, in order, for a response that is not streamed."""
+    texts: dict[int, list[str]] = {}
+    logprobs: dict[int, list[TokenLogprob]] = {}
+    choices = []
+    async with aclosing(events):
+        async for index, item in events:
+            if isinstance(item, Piece):
+                texts.setdefault(index, []).append(item.text)
+                logprobs.setdefault(index, []).extend(item.logprobs or [])
+            else:
+                choices.append(_Choice(index, "".join(texts.get(index, [])), logprobs.get(index, []), item))
+    return choices
+
+
 class _Counter:
     """Tokens used over all choices (the prompt once per distinct prompt, as OpenAI counts)."""
 
@@ -212,27 +236,19 @@ class _ChatReply:
         ]
 
     async def whole(self, events: Events) -> dict[str, Any]:
-        texts: dict[int, list[str]] = {}
-        logprobs: dict[int, list[TokenLogprob]] = {}
         choices, counter = [], _Counter()
-        async with aclosing(events):
-            async for index, item in events:
-                if isinstance(item, Piece):
-                    texts.setdefault(index, []).append(item.text)
-                    logprobs.setdefault(index, []).extend(item.logprobs or [])
-                    continue
-                counter.add(0, item)
-                calls = self.tool_calls(item)
-                text = "".join(texts.get(index, []))
-                message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None,
-                                           "refusal": None}
-                if calls:
-                    message["tool_calls"] = calls
-                choices.append({
-                    "index": index, "message": message, "finish_reason": _finish_reason(item),
-                    "logprobs": {"content": [_chat_logprob(lp) for lp in logprobs.get(index, [])], "refusal": None}
-                    if self.with_logprobs else None,
-                })
+        for choice in await _gather(events):
+            counter.add(0, choice.outcome)
+            calls = self.tool_calls(choice.outcome)
+            content = choice.text if choice.text or not calls else None  # null beside tool calls, as OpenAI
+            message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+            if calls:
+                message["tool_calls"] = calls
+            logprobs = None
+            if self.with_logprobs:
+                logprobs = {"content": [_chat_logprob(lp) for lp in choice.logprobs], "refusal": None}
+            choices.append({"index": choice.index, "message": message,
+                            "finish_reason": _finish_reason(choice.outcome), "logprobs": logprobs})
         return {**self.head, "object": "chat.completion", "choices": choices, "usage": counter.usage()}
 
     async def chunks(self, events: Events) -> AsyncIterator[dict[str, Any]]:
@@ -341,23 +357,14 @@ class _CompletionReply:
         return self.scores.get(index // self.body.n, []) if self.body.echo else []
 
     async def whole(self, events: Events) -> dict[str, Any]:
-        texts: dict[int, list[str]] = {}
-        logprobs: dict[int, list[TokenLogprob]] = {}
         choices, counter = [], _Counter()
-        async with aclosing(events):
-            async for index, item in events:
-                if isinstance(item, Piece):
-                    texts.setdefault(index, []).append(item.text)
-                    logprobs.setdefault(index, []).extend(item.logprobs or [])
-                    continue
-                counter.add(index // self.body.n, item)
-                echo = self.echo(index)
-                choices.append({
-                    "index": index, "text": echo + "".join(texts.get(index, [])),
-                    "logprobs": _legacy_logprobs(self.echo_logprobs(index) + logprobs.get(index, []), 0)
-                    if self.body.logprobs is not None else None,
-                    "finish_reason": _finish_reason(item),
-                })
+        for choice in await _gather(events):
+            counter.add(choice.index // self.body.n, choice.outcome)
+            logprobs = None
+            if self.body.logprobs is not None:
+                logprobs = _legacy_logprobs(self.echo_logprobs(choice.index) + choice.logprobs, 0)
+            choices.append({"index": choice.index, "text": self.echo(choice.index) + choice.text,
+                            "logprobs": logprobs, "finish_reason": _finish_reason(choice.outcome)})
         return {**self.head, "object": "text_completion", "choices": choices, "usage": counter.usage()}
 
     async def chunks(self, events: Events) -> AsyncIterator[dict[str, Any]]:
