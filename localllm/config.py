@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .llm.memory import default_budget, parse_size
+
 DEFAULT_PORT = 11434
 
 
@@ -35,6 +37,12 @@ class Settings(BaseSettings):
         description="How long a model stays loaded after a request: a duration ('5m', '1h'), seconds, or -1 for ever.",
     )
     max_loaded_models: int = Field(default=3, ge=1, description="How many model instances may be loaded at once.")
+    num_parallel: int = Field(
+        default=4, ge=1, le=64, description="Requests one loaded model decodes together (continuous batching)."
+    )
+    max_memory: str = Field(
+        default="", description="Memory the loaded models may take together ('16GiB'); default 3/4 of the RAM."
+    )
     max_queue: int = Field(
         default=512, ge=0, description="Requests that may wait for a busy model; beyond this they get 503."
     )
@@ -68,6 +76,16 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("max_memory", mode="after")
+    @classmethod
+    def _valid_size(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+    @property
+    def memory_budget(self) -> int:
+        return parse_size(self.max_memory) or default_budget()
 
     @property
     def models_dir(self) -> Path:

@@ -21,6 +21,7 @@ server maps each class to an HTTP status in one place (``server/errors.py``)::
     ├── RegistryError                  502  the Hub failed or lied
     │   └── VerificationFailed         502  downloaded bytes do not match the Hub's sha256
     ├── ServerBusy                     503  every slot and queue place is taken (with Retry-After)
+    ├── InsufficientMemory             507  a model that does not fit the memory budget even alone
     ├── StorageError                   507  the disk is full or not writable
     └── ClientError                         raised by the CLI's client, never served
         ├── DaemonUnavailable               no daemon answers at LOCALLLM_HOST
@@ -120,6 +121,11 @@ class ServerBusy(LocalLLMError):
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class InsufficientMemory(LocalLLMError):
+    status_code = 507
+    code = "insufficient_memory"
 
 
 class StorageError(LocalLLMError):

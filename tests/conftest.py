@@ -109,7 +109,7 @@ class Daemon:
                 self.kill()
 
     def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=120, **kwargs)
+        return httpx.Client(base_url=self.base_url, **{"timeout": 120, **kwargs})
 
     def cli(self, *args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """The CLI with a known stdin (a pipe: never the terminal pytest may have been started from)."""

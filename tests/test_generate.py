@@ -137,10 +137,17 @@ def test_keep_alive_load_and_unload(gemma_daemon: Daemon) -> None:
     assert client.ps().models == []
 
 
-def test_num_ctx_reloads_with_the_new_context(gemma_daemon: Daemon) -> None:
+def test_num_ctx_reloads_only_for_a_larger_context(gemma_daemon: Daemon) -> None:
+    def contexts() -> list[int]:
+        return [m["context_length"] for m in httpx.get(gemma_daemon.base_url + "/api/ps").json()["models"]]
+
+    generate(gemma_daemon, prompt="Hi", options={"num_predict": 1, "num_ctx": 6144})
+    assert contexts() == [6144]
     generate(gemma_daemon, prompt="Hi", options={"num_predict": 1, "num_ctx": 1024})
-    contexts = [m["context_length"] for m in httpx.get(gemma_daemon.base_url + "/api/ps").json()["models"]]
-    assert contexts == [1024]
+    assert contexts() == [6144]  # the loaded, larger context serves it
+    response = post(gemma_daemon, "/api/generate", {"model": GEMMA, "prompt": "word " * 400, "stream": False,
+                                                     "options": {"num_ctx": 256}})
+    assert response.status_code == 400 and "context" in response.json()["error"]  # yet the request's limit holds
 
 
 def _cancelled_counts(daemon: Daemon) -> list[int]:
@@ -228,6 +235,8 @@ def test_official_client_generate_and_chat(gemma_daemon: Daemon) -> None:
         ("/api/generate", {"model": GEMMA, "prompt": "x", "images": ["aGk="]}, 400, "does not support images"),
         ("/api/generate", {"model": GEMMA, "prompt": "x", "keep_alive": "soon"}, 400, "keep_alive"),
         ("/api/chat", {"model": GEMMA, "messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
+        ("/api/generate", {"model": GEMMA, "prompt": "x", "context": [-6047089]}, 400, "vocabulary"),
+        ("/api/generate", {"model": GEMMA, "prompt": "x", "context": [10**9]}, 400, "vocabulary"),
         ("/api/generate", {"model": GEMMA, "prompt": "word " * 400, "options": {"num_ctx": 128}}, 400, "context"),
         ("/api/generate", {"model": GEMMA, "prompt": "x", "suffix": "y"}, 400, "does not support insert"),
         ("/api/chat", {"model": GEMMA, "messages": [{"role": "user", "content": "x"}],

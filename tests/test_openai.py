@@ -430,11 +430,11 @@ def test_context_length_exceeded_and_the_options_extension_sets_the_context(clie
                                        extra_body={"options": {"num_ctx": 128}})
     assert caught.value.code == "context_length_exceeded" and caught.value.body["param"] == "messages"
     reply = client.chat.completions.create(model=GEMMA, messages=long, max_tokens=2,
-                                           extra_body={"options": {"num_ctx": 1024}})
+                                           extra_body={"options": {"num_ctx": 8192}})
     assert reply.usage.prompt_tokens > 300
     with served.client() as http:
         loaded = http.get("/api/ps").json()["models"]
-    assert 1024 in [m["context_length"] for m in loaded if m["name"] == GEMMA]
+    assert 8192 in [m["context_length"] for m in loaded if m["name"] == GEMMA]
 
     client.chat.completions.create(model=TINY, messages=HELLO, max_tokens=1, extra_body={"options": {"num_ctx": 10**6}})
     with served.client() as http:
@@ -470,7 +470,7 @@ def test_api_key_when_configured(make_daemon, hermetic_env) -> None:
 
 
 def test_a_saturated_server_answers_503_with_retry_after(make_daemon, gemma_path, hermetic_env) -> None:
-    server = make_daemon(LOCALLLM_MAX_QUEUE="0").start()
+    server = make_daemon(LOCALLLM_MAX_QUEUE="0", LOCALLLM_NUM_PARALLEL="1").start()
     assert pull_events(server, GEMMA)[-1] == {"status": "success"}
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
     started, done = threading.Event(), threading.Event()

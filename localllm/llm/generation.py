@@ -17,7 +17,8 @@ from typing import Any
 from .grammar import grammar_for
 from .options import Options
 from .prompts import stop_words, template_source
-from .runner import CompletionRequest, Finished, LlamaRunner, Piece, Sampling
+from .requests import CompletionRequest, Finished, Piece, Sampling
+from .runner import LlamaRunner
 from .scheduler import ModelFacts, Scheduler
 from .templates import ChatTemplate
 from .tools import parse_tool_calls
@@ -115,6 +116,7 @@ async def generate(
             grammar=grammar,
             logit_bias=logit_bias or {},
             logprobs=logprobs,
+            context_limit=options.num_ctx,
         )
         pieces: list[Piece] = []
         finished: Finished | None = None
@@ -127,6 +129,8 @@ async def generate(
                 else:
                     finished = event
     assert finished is not None
+    if scheduler.metrics is not None:
+        scheduler.metrics.count_generation(facts.name.display, finished.prompt_tokens, finished.eval_count)
     text = "".join(piece.text for piece in pieces)
     calls: list[dict[str, Any]] = []
     if tools:

@@ -1,37 +1,45 @@
 """Which models are loaded, for how long, and which instance serves a request.
 
 A request names a model and options; the scheduler finds (or loads) the
-llama.cpp instance whose load-time settings match, hands it out as a lease,
-and when the lease ends keeps the instance for the request's ``keep_alive``
-(default 5 minutes, ``LOCALLLM_KEEP_ALIVE``; negative: forever; 0: unload
-now). Idle instances past their time are unloaded by a reaper task; when
-more than ``LOCALLLM_MAX_LOADED_MODELS`` are loaded, the least recently used
-idle one goes first. A busy instance is never unloaded.
+llama.cpp instance whose load-time settings match (one with a larger context
+serves a request for a smaller one), hands it out as a lease, and when the
+lease ends keeps the instance for the request's ``keep_alive`` (default 5
+minutes, ``LOCALLLM_KEEP_ALIVE``; negative: forever; 0: unload now). Idle
+instances past their time are unloaded by a reaper task.
+
+Room: at most ``LOCALLLM_MAX_LOADED_MODELS`` instances, whose estimated
+memory (weights + KV cache, ``memory.py``) stays within ``LOCALLLM_MAX_MEMORY``.
+To load another, idle instances are unloaded least recently used first; a
+busy instance is never unloaded, so a load that does not fit waits for one
+to become idle (and gives up with a 503 after ``WAIT_FOR_ROOM`` seconds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidModelFile
+from ..errors import InsufficientMemory, InvalidModelFile, ServerBusy
 from ..gguf_info import GGUFInfo, read_gguf
 from ..names import ModelName
 from ..store.manifests import ManifestEntry, MediaType
 from ..store.models import ModelStore
+from .memory import estimate, gib
 from .options import DEFAULT_NUM_CTX, Options, parse_options
 from .runner import LlamaRunner, LoadConfig, default_threads
 
 log = logging.getLogger(__name__)
 FOREVER = float("inf")
+WAIT_FOR_ROOM = 60.0  # seconds a load waits for busy models to finish before a 503
 
 
 @dataclass
@@ -56,6 +64,7 @@ class Loaded:
     key: tuple
     facts: ModelFacts
     runner: LlamaRunner
+    memory: int = 0  # estimated bytes
     active: int = 0
     expires_at: float = FOREVER  # monotonic seconds
     last_used: float = field(default_factory=time.monotonic)
@@ -75,10 +84,15 @@ def _gguf_info(digest: str, path: Path) -> GGUFInfo:
 
 class Scheduler:
     def __init__(
-        self, store: ModelStore, *, max_loaded: int = 3, default_keep_alive: float = 300.0, max_queue: int = 512
+        self, store: ModelStore, *, max_loaded: int = 3, default_keep_alive: float = 300.0, max_queue: int = 512,
+        num_parallel: int = 4, memory_budget: int | None = None, metrics: Any = None,
     ) -> None:
         self.store = store
         self.max_queue = max_queue
+        self.num_parallel = max(1, num_parallel)
+        self.memory_budget = memory_budget
+        self.metrics = metrics
+        self._idle = asyncio.Event()  # set whenever a lease ends: a waiting load looks again
         self.max_loaded = max(1, max_loaded)
         self.default_keep_alive = default_keep_alive
         self._loaded: dict[tuple, Loaded] = {}
@@ -116,7 +130,7 @@ class Scheduler:
             use_mlock=options.get("use_mlock", False),
             embedding=embedding,
             mean_pooling=f"{facts.info.architecture}.pooling_type" not in facts.info.metadata,
-            last_n_tokens=max(options.get("repeat_last_n", 64), 0),
+            n_parallel=1 if embedding else self.num_parallel,
         )
 
     def _model_path(self, facts: ModelFacts) -> Path:
@@ -144,14 +158,14 @@ class Scheduler:
     ) -> AsyncIterator[tuple[LlamaRunner, float]]:
         """A loaded runner for the request, and how long loading took (0 when it was loaded)."""
         config = self._load_config(facts, options, embedding)
-        key = (facts.entry.digest, config)
-        loaded, load_seconds = await self._get_or_load(key, facts, config)
+        loaded, load_seconds = await self._get_or_load(facts, config)
         loaded.active += 1
         try:
             yield loaded.runner, load_seconds
         finally:
             loaded.active -= 1
             loaded.last_used = time.monotonic()
+            self._idle.set()
             self._set_expiry(loaded, self.default_keep_alive if keep_alive is None else keep_alive)
             if loaded.unload_when_idle and loaded.active == 0:
                 await self._unload(loaded)
@@ -160,32 +174,67 @@ class Scheduler:
         loaded.unload_when_idle = keep_alive == 0
         loaded.expires_at = FOREVER if keep_alive < 0 else time.monotonic() + keep_alive
 
-    async def _get_or_load(self, key: tuple, facts: ModelFacts, config: LoadConfig) -> tuple[Loaded, float]:
+    def _serving(self, digest: str, config: LoadConfig) -> Loaded | None:
+        """A loaded instance that can serve ``config``: the same, or the same with a larger context."""
+        for loaded in self._loaded.values():
+            have = loaded.runner.config
+            if loaded.facts.entry.digest == digest and have.n_ctx >= config.n_ctx:
+                if replace(have, n_ctx=config.n_ctx) == config:
+                    return loaded
+        return None
+
+    async def _get_or_load(self, facts: ModelFacts, config: LoadConfig) -> tuple[Loaded, float]:
+        key = (facts.entry.digest, config.embedding)
         loading = self._loading.setdefault(key, asyncio.Lock())
         async with loading:  # a request for a model that is loading waits for it
-            current = self._loaded.get(key)
+            current = self._serving(facts.entry.digest, config)
             if current is not None:
                 current.unload_when_idle = False
                 return current, 0.0
-            await self._make_room(facts, config)
-            runner = await asyncio.to_thread(LlamaRunner, config, max_queue=self.max_queue)
-            loaded = Loaded(key=key, facts=facts, runner=runner)
-            self._loaded[key] = loaded
-            log.info("loaded %s (n_ctx=%d) in %.2fs", facts.name.display, config.n_ctx, runner.load_seconds)
+            memory = self._estimate(facts, config)
+            await self._make_room(facts, config, memory)
+            runner = await asyncio.to_thread(LlamaRunner, config, max_queue=self.max_queue, metrics=self.metrics)
+            loaded = Loaded(key=(facts.entry.digest, config), facts=facts, runner=runner, memory=memory)
+            self._loaded[loaded.key] = loaded
+            log.info("loaded %s (n_ctx=%d x %d, ~%s) in %.2fs", facts.name.display, config.n_ctx,
+                     config.n_parallel, gib(memory), runner.load_seconds)
             return loaded, runner.load_seconds
 
-    async def _make_room(self, facts: ModelFacts, config: LoadConfig) -> None:
-        # The same model loaded with other load-time options (num_ctx, say): replace it when idle.
+    def _estimate(self, facts: ModelFacts, config: LoadConfig) -> int:
+        weights = sum(layer.size for layer in facts.entry.manifest.layers_of(MediaType.MODEL))
+        return estimate(facts.info, weights, config.n_ctx * config.n_parallel, config.n_batch)
+
+    def _fits(self, memory: int) -> bool:
+        used = sum(item.memory for item in self._loaded.values())
+        within_budget = self.memory_budget is None or used + memory <= self.memory_budget
+        return within_budget and len(self._loaded) < self.max_loaded
+
+    async def _make_room(self, facts: ModelFacts, config: LoadConfig, memory: int) -> None:
+        if self.memory_budget is not None and memory > self.memory_budget:
+            raise InsufficientMemory(
+                f"{facts.name.display} needs about {gib(memory)} with num_ctx {config.n_ctx} x "
+                f"{config.n_parallel} sequences, more than the memory budget of {gib(self.memory_budget)} "
+                "(LOCALLLM_MAX_MEMORY); lower num_ctx or LOCALLLM_NUM_PARALLEL"
+            )
+        # The same model loaded with other load-time options (a smaller num_ctx, say): replace it when idle.
         # Its embedding instance is kept beside a chat instance: a RAG client alternates the two.
         for loaded in list(self._loaded.values()):
             same_kind = loaded.runner.config.embedding == config.embedding
             if loaded.facts.entry.digest == facts.entry.digest and same_kind and loaded.active == 0:
                 await self._unload(loaded)
-        while len(self._loaded) >= self.max_loaded:
+        deadline = time.monotonic() + WAIT_FOR_ROOM
+        while not self._fits(memory):
             idle = [item for item in self._loaded.values() if item.active == 0]
-            if not idle:
-                break  # everything is busy: load anyway rather than fail the request
-            await self._unload(min(idle, key=lambda item: item.last_used))
+            if idle:
+                await self._unload(min(idle, key=lambda item: item.last_used))
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServerBusy(f"every loaded model is busy and {facts.name.display} does not fit beside them; "
+                                 "try again shortly", retry_after=5)
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=min(remaining, 1.0))
 
     async def _unload(self, loaded: Loaded) -> None:
         if self._loaded.get(loaded.key) is loaded:
@@ -222,3 +271,9 @@ class Scheduler:
 
     def running(self) -> list[Loaded]:
         return sorted(self._loaded.values(), key=lambda item: item.last_used, reverse=True)
+
+    def queued(self) -> int:
+        return sum(item.runner.queued for item in self._loaded.values())
+
+    def active_sequences(self) -> int:
+        return sum(item.runner.active for item in self._loaded.values())

@@ -8,19 +8,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Response
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..config import Settings, get_settings, is_loopback_host
 from ..llm.options import parse_keep_alive
 from ..llm.scheduler import Scheduler
+from ..metrics import Metrics
 from ..store.models import ModelStore
 from ..store.registry import Puller
 from . import ollama_api, ollama_inference, openai_api
 from .auth import require_api_key
 from .errors import install_error_handlers
-from .middleware import JsonBodyMiddleware, LoopbackHostMiddleware, origin_regex
+from .middleware import JsonBodyMiddleware, LoopbackHostMiddleware, RequestMetricsMiddleware, origin_regex
 from .openapi import install_openapi
 
 log = logging.getLogger("localllm")
@@ -35,12 +36,17 @@ API_DESCRIPTION = (
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     store = ModelStore(settings.models_dir)
+    metrics = Metrics()
     scheduler = Scheduler(
         store,
         max_loaded=settings.max_loaded_models,
         default_keep_alive=parse_keep_alive(settings.keep_alive),
         max_queue=settings.max_queue,
+        num_parallel=settings.num_parallel,
+        memory_budget=settings.memory_budget,
+        metrics=metrics,
     )
+    metrics.watch(scheduler.queued, scheduler.active_sequences, lambda: len(scheduler.running()))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -66,11 +72,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.puller = Puller(store, settings)
     app.state.scheduler = scheduler
+    app.state.metrics = metrics
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(ollama_api.router)
     app.include_router(ollama_inference.router)
     app.include_router(openai_api.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_route() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
     app.add_middleware(
         CORSMiddleware,
         allow_origin_regex=origin_regex(settings.extra_origins),
@@ -78,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["*"],
     )
     app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     host, _ = settings.bind
     if is_loopback_host(host):
         app.add_middleware(LoopbackHostMiddleware)

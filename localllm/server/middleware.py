@@ -9,6 +9,7 @@ import socket
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import is_loopback_host
+from ..metrics import Metrics
 from .errors import error_body
 
 # Ollama's defaults: local web pages and desktop-app shells.
@@ -99,3 +100,30 @@ class JsonBodyMiddleware:
             if b"json" not in original:
                 scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
         await self.app(scope, receive, send)
+
+
+class RequestMetricsMiddleware:
+    """Count requests by route (its template, so names in paths do not multiply the series) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def recording_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(f"{scope['method']} {endpoint}", str(status)).inc()

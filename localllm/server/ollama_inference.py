@@ -23,7 +23,7 @@ from ..llm.scheduler import ModelFacts, Scheduler
 from ..names import ModelName
 from ..store.describe import details
 from .schemas import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest
-from .streaming import ClosingStreamingResponse, ndjson, until_disconnected
+from .streaming import ClientGone, ClosingStreamingResponse, first_event, ndjson, until_disconnected
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -54,7 +54,10 @@ async def _respond(
 
     ``chunk(text)`` shapes a piece, ``final(outcome, text)`` the last object.
     """
-    first = await anext(events)  # template, context and loading errors surface here, as 4xx/5xx
+    try:  # template, context and loading errors surface here, as 4xx/5xx
+        first = await first_event(request, events)
+    except ClientGone:
+        return Response(status_code=499)
 
     if stream:
         async def lines() -> AsyncIterator[dict[str, Any]]:
@@ -209,7 +212,7 @@ async def ps_route(request: Request) -> dict[str, Any]:
         models.append({
             "name": entry.name.display,
             "model": entry.name.display,
-            "size": entry.manifest.total_size,
+            "size": loaded.memory or entry.manifest.total_size,
             "digest": entry.digest.split(":", 1)[1],
             "details": details(store, entry),
             "expires_at": loaded.expires_wallclock().isoformat().replace("+00:00", "Z"),

@@ -39,7 +39,7 @@ from .openai_convert import (
     with_seed,
 )
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from .streaming import ClosingStreamingResponse, until_disconnected
+from .streaming import ClientGone, ClosingStreamingResponse, first_event, until_disconnected
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
@@ -85,10 +85,11 @@ async def _choices(count: int, start: Callable[[int], AsyncIterator[Piece | Outc
                 yield index, item
 
 
-async def _primed(events: Events, prompt_param: str) -> Events:
-    """Start the generation before the response: loading and prompt errors keep their HTTP status."""
+async def _primed(request: Request, events: Events, prompt_param: str) -> Events:
+    """Start the generation before the response: loading and prompt errors keep their HTTP status.
+    Raises ClientGone if the client leaves first."""
     try:
-        first = await anext(events)
+        first = await first_event(request, events)
     except ContextLengthExceeded as exc:
         exc.param = exc.param or prompt_param
         raise
@@ -212,7 +213,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             logit_bias=bias, logprobs=logprobs,
         )
 
-    events = await _primed(_choices(body.n, start), "messages")
+    try:
+        events = await _primed(request, _choices(body.n, start), "messages")
+    except ClientGone:
+        return Response(status_code=499)
     reply = _ChatReply(body, logprobs is not None)
     if body.stream:
         return _sse(request, reply.chunks(events))
@@ -335,7 +339,10 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                         scored[0] = TokenLogprob(scored[0].token, scored[0].bytes, None)
                 scores[index] = scored
 
-    events = await _primed(_choices(len(prompts) * body.n, start), "prompt")
+    try:
+        events = await _primed(request, _choices(len(prompts) * body.n, start), "prompt")
+    except ClientGone:
+        return Response(status_code=499)
     reply = _CompletionReply(body, echoes, scores)
     if body.stream:
         return _sse(request, reply.chunks(events))

@@ -88,3 +88,23 @@ async def until_disconnected(request: Request, work: Any) -> Any:
                 await task
             return {}  # nobody is there to read it
     return task.result()
+
+
+class ClientGone(Exception):
+    """The client disconnected before the first event: there is no one to answer."""
+
+
+async def first_event(request: Request, events: AsyncIterator[Any]) -> Any:
+    """The first event of a stream, watching the connection meanwhile: a client that leaves while its
+    prompt is queued or being read cancels the work then, not after the first token."""
+    task = asyncio.ensure_future(anext(events))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.1)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await task
+            await events.aclose()  # type: ignore[attr-defined]
+            raise ClientGone()

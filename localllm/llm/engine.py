@@ -1,0 +1,495 @@
+"""Continuous batching: many sequences decode together in one llama.cpp batch.
+
+One thread owns the llama context. Each step it builds one ``llama_batch`` holding the next token of
+every decoding sequence and, in the room left, chunks of prompts still being read (so a long prompt
+does not stall the others), decodes it, then samples each sequence that asked for logits with that
+sequence's own sampler chain. Requests wait in arrival order for a free slot (one llama.cpp sequence
+id each), and join between steps.
+
+A slot keeps the KV cells of its last request after it ends: the next request whose prompt starts
+with those tokens (the next turn of a chat, a shared system prompt) reads only the rest. Cells are
+given back when a request is cancelled, and the idle slots' cells when the cache runs out of room.
+
+A cancelled request stops at the next step; one cancelled while its prompt is being read aborts the
+decode through llama.cpp's abort callback, and the other sequences of that batch redo their step.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import llama_cpp
+import numpy as np
+
+from ..errors import ContextLengthExceeded, InvalidRequest, LocalLLMError, ServerBusy
+from .requests import CompletionRequest, Finished, Piece, Sampling, StopMatcher, TokenLogprob
+
+log = logging.getLogger(__name__)
+Emit = Callable[[object], None]
+
+
+@dataclass
+class Job:
+    """One request on its way through the engine; ``emit`` gets Pieces, then a Finished or an exception."""
+
+    request: CompletionRequest
+    emit: Emit
+    cancel: threading.Event = field(default_factory=threading.Event)
+    score_only: bool = False  # score the prompt's tokens instead of generating
+    arrived_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+class Slot:
+    """One llama.cpp sequence: the request it serves, and the tokens its KV cells hold."""
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.cached: list[int] = []  # tokens whose cells this sequence holds, position i = cached[i]
+        self.job: Job | None = None
+        self.pending: list[int] = []  # prompt tokens not yet decoded
+        self.next_token: int | None = None  # sampled, to be decoded next
+        self.sampler = None
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stopper = StopMatcher([])
+        self.output: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = None
+        self.scores: list[TokenLogprob] = []
+        self.batch_index = -1
+        self.started_ns = 0
+        self.first_token_ns = 0
+        self.last_token_ns = 0
+
+    @property
+    def n_past(self) -> int:
+        return len(self.cached)
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+
+class BatchEngine:
+    """Completions for many sequences over one model context (``n_parallel`` sequences of ``n_ctx`` each)."""
+
+    def __init__(
+        self,
+        model: llama_cpp._internals.LlamaModel,
+        *,
+        n_ctx: int,
+        n_parallel: int,
+        n_batch: int,
+        n_threads: int,
+        max_queue: int,
+        on_token: Callable[[bool, float], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.vocab = model.vocab
+        self.n_vocab = model.n_vocab()
+        self.n_ctx = n_ctx
+        self.n_batch = max(1, min(n_batch, n_ctx * n_parallel))
+        self.max_queue = max_queue
+        self.on_token = on_token  # metrics: (first token?, seconds since arrival or since the previous token)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx * n_parallel
+        params.n_batch = self.n_batch
+        params.n_ubatch = self.n_batch
+        params.n_seq_max = n_parallel
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        # A KV stream per sequence: its cells stay contiguous whoever else runs, so attention adds its
+        # numbers in the same order alone or batched (one shared pool interleaves them).
+        params.kv_unified = False
+        params.swa_full = True  # sliding-window layers keep every cell, so a cached prefix can be cut anywhere
+        params.no_perf = True
+        self.context = llama_cpp._internals.LlamaContext(model=model, params=params, verbose=False)
+        self.ctx = self.context.ctx
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._abort = llama_cpp.ggml_abort_callback(self._should_abort)
+        llama_cpp.llama_set_abort_callback(self.ctx, self._abort, None)
+        self.slots = [Slot(seq) for seq in range(n_parallel)]
+        self._in_batch: list[Slot] = []
+        self._step_record: dict[int, tuple[int, bool, int]] = {}  # seq -> (n_past before, fed next_token, first row)
+        self._waiting: deque[Job] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._piece_buffer = ctypes.create_string_buffer(256)
+        self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
+        self._thread.start()
+
+    # --- the outside: submit, counts, close ----------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        with self._wake:
+            if self._closed:
+                raise LocalLLMError("the model is being unloaded; try again")
+            free = any(not slot.busy or slot.job.cancel.is_set() for slot in self.slots)  # cancelled: free next step
+            if not free and len(self._waiting) >= self.max_queue:
+                raise ServerBusy(
+                    f"this model is busy and {len(self._waiting)} request(s) are already waiting for it; "
+                    "try again shortly"
+                )
+            self._waiting.append(job)
+            self._wake.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return sum(slot.busy for slot in self.slots)
+
+    def wake(self) -> None:
+        """A job was cancelled: let the loop see it even if it was waiting for work."""
+        with self._wake:
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        for slot in self.slots:
+            self._free_sampler(slot)
+        llama_cpp.llama_batch_free(self.batch)
+        self.context.close()
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._waiting and not any(s.busy for s in self.slots):
+                    self._wake.wait()
+                if self._closed:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception as exc:  # never leave a client waiting on a dead thread
+                log.exception("batch step failed")
+                for slot in self.slots:
+                    if slot.busy:
+                        self._finish(slot, error=exc)
+        error = LocalLLMError("the model was unloaded")
+        for job in self._waiting:
+            job.emit(error)
+        for slot in self.slots:
+            if slot.busy:
+                self._finish(slot, error=error)
+
+    def _admit(self) -> None:
+        """Waiting jobs take free slots in arrival order; each takes the slot whose cache shares most of it."""
+        while self._waiting:
+            job = self._waiting[0]
+            if job.cancel.is_set():
+                self._waiting.popleft()
+                job.emit(Finished("cancelled", len(job.request.prompt_tokens), 0, 0, 0, []))
+                continue
+            free = [slot for slot in self.slots if not slot.busy]
+            if not free:
+                return
+            prompt = job.request.prompt_tokens
+            slot = max(free, key=lambda s: (_common_prefix(s.cached, prompt), -s.n_past))
+            self._waiting.popleft()
+            try:
+                self._start(slot, job)
+            except Exception as exc:
+                if slot.job is job:
+                    self._finish(slot, error=exc)
+                else:
+                    job.emit(exc)
+
+    def _start(self, slot: Slot, job: Job) -> None:
+        prompt = job.request.prompt_tokens
+        keep = _common_prefix(slot.cached, prompt)
+        if job.score_only:
+            keep = 0  # every position's logits are needed
+        elif job.request.sampling.seed >= 0 and job.request.sampling.temperature > 0:
+            # Logits of a prompt read in one piece and of its last token read after a cached prefix differ
+            # in their last bits, enough to change a sampled answer: a seed promises the same answer.
+            keep = 0
+        if keep == len(prompt):
+            keep -= 1  # the last prompt token is decoded again: its logits give the first answer token
+        if keep < slot.n_past and not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, keep, -1):
+            keep = 0
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+        del slot.cached[keep:]
+        if keep:
+            log.info("reusing %d cached prompt tokens of %d", keep, len(prompt))
+        slot.job = job
+        slot.pending = list(prompt[keep:])
+        slot.next_token = None
+        slot.output = []
+        slot.scores = []
+        slot.started_ns = time.perf_counter_ns()
+        slot.first_token_ns = slot.last_token_ns = 0
+        request = job.request
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.stopper = StopMatcher(request.stop)
+        slot.logprobs = [] if request.logprobs is not None else None
+        if not job.score_only:
+            slot.sampler = self._sampler(request)
+        if job.score_only and prompt:
+            first = self._piece(prompt[0])
+            slot.scores = [TokenLogprob(first.decode("utf-8", errors="replace"), first, None)]
+
+    # --- one step --------------------------------------------------------------------------------------
+    def _step(self) -> None:
+        for slot in self.slots:
+            if slot.busy and slot.job.cancel.is_set():
+                self._finish(slot, reason="cancelled")
+        slots = [slot for slot in self.slots if slot.busy]
+        if not slots:
+            return
+        self._fill(slots)
+        if not self._in_batch:
+            return
+        status = llama_cpp.llama_decode(self.ctx, self.batch)
+        if status == 1 and self._free_idle_cells():
+            self._rollback()
+            return  # the next step retries with the room given back
+        if status != 0:
+            self._rollback()
+            if status == 2:  # aborted: a cancelled prompt; the others redo their step
+                log.info("prefill aborted: a request was cancelled while its prompt was being read")
+                return
+            for slot in list(self._in_batch):
+                message = "the model's context is full" if status == 1 else f"llama.cpp failed to decode ({status})"
+                self._finish(slot, error=ContextLengthExceeded(message) if status == 1 else LocalLLMError(message))
+            return
+        for slot in self._in_batch:
+            if slot.job.score_only:
+                self._read_scores(slot)
+                if not slot.pending:
+                    self._finish(slot, reason="length")
+            elif slot.batch_index >= 0:
+                self._sample(slot)
+
+    def _fill(self, slots: list[Slot]) -> None:
+        """Decoding sequences first (one token each), then prompt chunks in arrival order."""
+        batch, room = self.batch, self.n_batch
+        count = 0
+        self._in_batch = []
+        self._step_record = {}
+
+        def add(slot: Slot, token: int, wants_logits: bool) -> None:
+            nonlocal count
+            batch.token[count] = token
+            batch.pos[count] = slot.n_past
+            batch.n_seq_id[count] = 1
+            batch.seq_id[count][0] = slot.seq
+            batch.logits[count] = wants_logits
+            slot.cached.append(token)
+            if wants_logits:
+                slot.batch_index = count
+            count += 1
+
+        for slot in slots:
+            slot.batch_index = -1
+            if slot.next_token is not None and room > 0:
+                self._step_record[slot.seq] = (slot.n_past, True, count)
+                self._in_batch.append(slot)
+                add(slot, slot.next_token, True)
+                slot.next_token = None
+                room -= 1
+        for slot in sorted(slots, key=lambda s: s.job.arrived_ns):
+            if not slot.pending or room <= 0:
+                continue
+            self._step_record[slot.seq] = (slot.n_past, False, count)
+            self._in_batch.append(slot)
+            chunk, slot.pending = slot.pending[:room], slot.pending[room:]
+            scoring = slot.job.score_only
+            for index, token in enumerate(chunk):
+                last = index == len(chunk) - 1 and not slot.pending
+                add(slot, token, scoring or last)
+            room -= len(chunk)
+        batch.n_tokens = count
+
+    def _rollback(self) -> None:
+        """Undo this step's additions (llama.cpp dropped an aborted batch's cells; drop any left)."""
+        for slot in self._in_batch:
+            start, fed_next, _row = self._step_record[slot.seq]
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, start, -1)
+            added = slot.cached[start:]
+            del slot.cached[start:]
+            if fed_next:
+                slot.next_token = added[0]
+            else:
+                slot.pending = added + slot.pending
+            slot.batch_index = -1
+        self._in_batch = []
+
+    def _free_idle_cells(self) -> bool:
+        freed = False
+        for slot in self.slots:
+            if not slot.busy and slot.cached:
+                llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+                slot.cached = []
+                freed = True
+        return freed
+
+    def _should_abort(self, _data: ctypes.c_void_p) -> bool:
+        """Called by llama.cpp between graph computations: stop a batch that reads a cancelled prompt."""
+        return any(
+            slot.busy and slot.job.cancel.is_set() and not self._step_record[slot.seq][1]
+            for slot in self._in_batch
+        )
+
+    # --- sampling and scoring ----------------------------------------------------------------------------
+    def _read_scores(self, slot: Slot) -> None:
+        """Each decoded row scores the prompt token after it (the rows of this step, read before the next)."""
+        start, _fed, first_row = self._step_record[slot.seq]
+        prompt, top = slot.job.request.prompt_tokens, slot.job.request.logprobs or 0
+        for row, position in enumerate(range(start, slot.n_past)):
+            if position + 1 < len(prompt):
+                token = prompt[position + 1]
+                slot.scores.append(self._logprob(first_row + row, token, self._piece(token), top))
+
+    def _sample(self, slot: Slot) -> None:
+        job, request = slot.job, slot.job.request
+        token = llama_cpp.llama_sampler_sample(slot.sampler, self.ctx, slot.batch_index)
+        now = time.perf_counter_ns()
+        if self.on_token is not None:
+            since = slot.last_token_ns or job.arrived_ns
+            self.on_token(not slot.last_token_ns, (now - since) / 1e9)
+        if not slot.first_token_ns:
+            slot.first_token_ns = now
+        slot.last_token_ns = now
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            self._finish(slot, reason="stop")
+            return
+        slot.output.append(token)
+        raw = self._piece(token)
+        if slot.logprobs is not None:
+            slot.logprobs.append(self._logprob(slot.batch_index, token, raw, request.logprobs or 0))
+        safe, stopped = slot.stopper.feed(slot.decoder.decode(raw))
+        if safe:
+            job.emit(Piece(safe, slot.logprobs))
+            slot.logprobs = [] if slot.logprobs is not None else None
+        if stopped:
+            self._finish(slot, reason="stop")
+            return
+        budget = request.num_predict
+        n_ctx = min(request.context_limit or self.n_ctx, self.n_ctx)
+        if (budget >= 0 and len(slot.output) >= budget) or slot.n_past + 1 >= n_ctx:
+            self._finish(slot, reason="length")
+            return
+        slot.next_token = token
+
+    def _logprob(self, row: int, token: int, raw: bytes, top: int) -> TokenLogprob:
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
+        logits = logits.astype(np.float64)
+        peak = logits.max()
+        log_total = peak + np.log(np.exp(logits - peak).sum())
+        best: list[tuple[str, bytes, float]] = []
+        if top > 0:
+            ids = np.argpartition(-logits, top)[:top]
+            for other in ids[np.argsort(-logits[ids])]:
+                piece = self._piece(int(other))
+                best.append((piece.decode("utf-8", errors="replace"), piece, float(logits[other] - log_total)))
+        return TokenLogprob(raw.decode("utf-8", errors="replace"), raw, float(logits[token] - log_total), best)
+
+    def _finish(self, slot: Slot, *, reason: str = "stop", error: BaseException | None = None) -> None:
+        job = slot.job
+        if job is None:
+            return
+        slot.job = None
+        self._free_sampler(slot)
+        if reason == "cancelled" or error is not None:
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+            slot.cached = []
+            if reason == "cancelled":
+                log.info("generation cancelled after %d tokens", len(slot.output))
+        if error is not None:
+            job.emit(error)
+            return
+        if job.score_only:
+            job.emit(slot.scores)
+            return
+        tail = slot.stopper.flush() if reason != "stop" or not slot.stopper.stops else ""
+        tail += slot.decoder.decode(b"", final=True)
+        if tail and reason != "cancelled":
+            job.emit(Piece(tail, slot.logprobs))
+        ended = time.perf_counter_ns()
+        first = slot.first_token_ns or ended
+        job.emit(Finished(
+            reason=reason,
+            prompt_tokens=len(job.request.prompt_tokens),
+            prompt_eval_ns=first - slot.started_ns,
+            eval_count=len(slot.output),
+            eval_ns=ended - first,
+            output_tokens=list(slot.output),
+        ))
+
+    def _free_sampler(self, slot: Slot) -> None:
+        if slot.sampler is not None:
+            llama_cpp.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+
+    def _sampler(self, request: CompletionRequest):
+        """The request's own chain, in llama.cpp's usual order: bias, penalties, grammar, then choice."""
+        s: Sampling = request.sampling
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = lambda sampler: llama_cpp.llama_sampler_chain_add(chain, sampler)  # noqa: E731
+        if request.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(request.logit_bias))(*[
+                llama_cpp.llama_logit_bias(token, float("-inf") if bias <= -100 else bias)
+                for token, bias in request.logit_bias.items()
+            ])
+            add(llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(request.logit_bias), biases))
+        if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
+            last_n = s.repeat_last_n if s.repeat_last_n >= 0 else self.n_ctx
+            add(llama_cpp.llama_sampler_init_penalties(
+                self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+            ))
+        if request.grammar:
+            grammar = llama_cpp.llama_sampler_init_grammar(self.vocab, request.grammar.encode(), b"root")
+            if not grammar:
+                llama_cpp.llama_sampler_free(chain)
+                raise InvalidRequest("the output grammar could not be compiled", param="response_format")
+            add(grammar)
+        seed = s.seed % 2**32 if s.seed >= 0 else random.randrange(2**31)
+        if s.temperature <= 0:
+            add(llama_cpp.llama_sampler_init_greedy())
+        elif s.mirostat == 1:
+            add(llama_cpp.llama_sampler_init_temp(s.temperature))
+            add(llama_cpp.llama_sampler_init_mirostat(self.n_vocab, seed, s.mirostat_tau, s.mirostat_eta, 100))
+        elif s.mirostat == 2:
+            add(llama_cpp.llama_sampler_init_temp(s.temperature))
+            add(llama_cpp.llama_sampler_init_mirostat_v2(seed, s.mirostat_tau, s.mirostat_eta))
+        else:
+            if s.top_k > 0:
+                add(llama_cpp.llama_sampler_init_top_k(s.top_k))
+            add(llama_cpp.llama_sampler_init_typical(s.typical_p, 1))
+            add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+            add(llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
+            add(llama_cpp.llama_sampler_init_temp(s.temperature))
+            add(llama_cpp.llama_sampler_init_dist(seed))
+        return chain
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes of one token, control tokens included (stop words may be written with them)."""
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece_buffer, 256, 0, True)
+        if n >= 0:
+            return self._piece_buffer.raw[:n]
+        buffer = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, True)
+        return buffer.raw[:n]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    limit = min(len(a), len(b))
+    if limit and a[:limit] == b[:limit]:
+        return limit
+    index = 0
+    while index < limit and a[index] == b[index]:
+        index += 1
+    return index

@@ -1,0 +1,68 @@
+"""How much RAM a loaded model takes, estimated from its GGUF header before loading it.
+
+Weights are the files' size (memory-mapped, but read in full by the first prompt); the KV cache is
+f16 keys and values for every layer and every cell of the context (all sequences together); the
+compute buffers and logits take the rest, estimated generously.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ..gguf_info import GGUFInfo
+
+F16 = 2
+OVERHEAD = 96 * 1024 * 1024
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def kv_bytes_per_token(info: GGUFInfo) -> int:
+    arch, meta = info.architecture, info.metadata
+
+    def number(key: str, default: int) -> int:
+        value = meta.get(f"{arch}.{key}")
+        return int(value) if isinstance(value, int | float) and value > 0 else default
+
+    layers = number("block_count", 0)
+    heads = number("attention.head_count", 1)
+    kv_heads = number("attention.head_count_kv", heads)  # a per-layer array is not kept: count as heads
+    key_length = number("attention.key_length", number("embedding_length", 0) // heads)
+    value_length = number("attention.value_length", key_length)
+    return layers * kv_heads * (key_length + value_length) * F16
+
+
+def estimate(info: GGUFInfo, weights_bytes: int, context_cells: int, n_batch: int) -> int:
+    vocab = info.array_lengths.get("tokenizer.ggml.tokens", 32000)
+    logits = n_batch * vocab * 4 // 8  # outputs for a fraction of a batch (prefill asks for one per sequence)
+    return weights_bytes + kv_bytes_per_token(info) * context_cells + logits + OVERHEAD
+
+
+def machine_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+        return 8 * 1024**3
+
+
+def default_budget() -> int:
+    """Three quarters of the machine's RAM: room for the OS, the daemon and the page cache."""
+    return machine_memory() * 3 // 4
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """``"16GiB"``, ``"8 GB"``, ``"512m"`` or a number of bytes; empty means the default."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. 16GiB, 8GB or a number of bytes)")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+
+def gib(value: int) -> str:
+    return f"{value / 1024**3:.1f} GiB"
