@@ -135,7 +135,7 @@ def main() -> None:
     try:
         path = assemble(work / "gemma-3-270m-q4_k_m.gguf")
         ours, ours_url = start_daemon(work / "home", LOCALLLM_NUM_PARALLEL=str(max(args.streams)),
-                                      LOCALLLM_KEEP_ALIVE="-1")
+                                      LOCALLLM_KEEP_ALIVE="-1", LOCALLLM_CONTEXT_LENGTH=str(args.ctx))
         httpx.post(ours_url + "/api/pull", json={"model": MODEL, "stream": False}, timeout=600).raise_for_status()
         httpx.post(ours_url + "/api/generate", timeout=120, json={
             "model": MODEL, "prompt": "warm up", "options": {"num_predict": 1, "num_ctx": args.ctx}, "stream": False,

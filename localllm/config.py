@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         description="How long a model stays loaded after a request: a duration ('5m', '1h'), seconds, or -1 for ever.",
     )
     max_loaded_models: int = Field(default=3, ge=1, description="How many model instances may be loaded at once.")
+    context_length: int = Field(
+        default=4096, ge=1, le=1 << 20, description="num_ctx of requests that set none (per sequence)."
+    )
     num_parallel: int = Field(
         default=4, ge=1, le=64, description="Requests one loaded model decodes together (continuous batching)."
     )

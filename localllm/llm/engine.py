@@ -355,7 +355,11 @@ class BatchEngine:
 
     def _sample(self, slot: Slot) -> None:
         job, request = slot.job, slot.job.request
-        token = llama_cpp.llama_sampler_sample(slot.sampler, self.ctx, slot.batch_index)
+        if slot.sampler is None:  # plain greedy: an argmax over the row, without building llama.cpp's candidates
+            row = llama_cpp.llama_get_logits_ith(self.ctx, slot.batch_index)
+            token = int(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).argmax())
+        else:
+            token = llama_cpp.llama_sampler_sample(slot.sampler, self.ctx, slot.batch_index)
         now = time.perf_counter_ns()
         if self.on_token is not None:
             since = slot.last_token_ns or job.arrived_ns
@@ -435,8 +439,12 @@ class BatchEngine:
             slot.sampler = None
 
     def _sampler(self, request: CompletionRequest):
-        """The request's own chain, in llama.cpp's usual order: bias, penalties, grammar, then choice."""
+        """The request's own chain, in llama.cpp's usual order: bias, penalties, grammar, then choice.
+        None for plain greedy decoding, which needs no chain."""
         s: Sampling = request.sampling
+        penalized = s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty
+        if s.temperature <= 0 and not (request.logit_bias or penalized or request.grammar):
+            return None
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = lambda sampler: llama_cpp.llama_sampler_chain_add(chain, sampler)  # noqa: E731
         if request.logit_bias:
@@ -445,7 +453,7 @@ class BatchEngine:
                 for token, bias in request.logit_bias.items()
             ])
             add(llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(request.logit_bias), biases))
-        if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
+        if penalized:
             last_n = s.repeat_last_n if s.repeat_last_n >= 0 else self.n_ctx
             add(llama_cpp.llama_sampler_init_penalties(
                 self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty

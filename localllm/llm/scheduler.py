@@ -86,10 +86,12 @@ class Scheduler:
     def __init__(
         self, store: ModelStore, *, max_loaded: int = 3, default_keep_alive: float = 300.0, max_queue: int = 512,
         num_parallel: int = 4, memory_budget: int | None = None, metrics: Any = None,
+        default_num_ctx: int = DEFAULT_NUM_CTX,
     ) -> None:
         self.store = store
         self.max_queue = max_queue
         self.num_parallel = max(1, num_parallel)
+        self.default_num_ctx = default_num_ctx
         self.memory_budget = memory_budget
         self.metrics = metrics
         self._idle = asyncio.Event()  # set whenever a lease ends: a waiting load looks again
@@ -116,10 +118,10 @@ class Scheduler:
         )
 
     def _load_config(self, facts: ModelFacts, options: Options, embedding: bool) -> LoadConfig:
-        trained = facts.info.context_length or DEFAULT_NUM_CTX
+        trained = facts.info.context_length or self.default_num_ctx
         # Beyond its trained context a model answers badly, and a KV cache for a million tokens is
         # gigabytes: a request asking for more gets the trained size.
-        n_ctx = min(options.get("num_ctx", DEFAULT_NUM_CTX), trained)
+        n_ctx = min(options.get("num_ctx", self.default_num_ctx), trained)
         cores = default_threads()
         return LoadConfig(
             model_path=self._model_path(facts),

@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_keep_alive=parse_keep_alive(settings.keep_alive),
         max_queue=settings.max_queue,
         num_parallel=settings.num_parallel,
+        default_num_ctx=settings.context_length,
         memory_budget=settings.memory_budget,
         metrics=metrics,
     )

@@ -5,6 +5,7 @@ works unmodified; the generation itself is the same as the native API's (``llm.g
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -78,11 +79,39 @@ def _finish_reason(outcome: Outcome) -> str:
 
 
 async def _choices(count: int, start: Callable[[int], AsyncIterator[Piece | Outcome]]) -> Events:
-    """``n`` choices, one after another, each event tagged with its choice index."""
-    for index in range(count):
-        async with aclosing(start(index)) as events:
+    """``n`` choices generated side by side (the engine batches them), each event tagged with its index."""
+    if count == 1:
+        async with aclosing(start(0)) as events:
             async for item in events:
+                yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, Piece | Outcome | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int) -> None:
+        try:
+            async with aclosing(start(index)) as events:
+                async for item in events:
+                    await queue.put((index, item))
+        except Exception as exc:  # handed to the reader, which raises it
+            await queue.put((index, exc))
+        finally:
+            await queue.put((index, None))
+
+    tasks = [asyncio.create_task(pump(index)) for index in range(count)]
+    try:
+        running = count
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
                 yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _primed(request: Request, events: Events, prompt_param: str) -> Events:
@@ -147,7 +176,7 @@ async def _gather(events: Events) -> list[_Choice]:
                 logprobs.setdefault(index, []).extend(item.logprobs or [])
             else:
                 choices.append(_Choice(index, "".join(texts.get(index, [])), logprobs.get(index, []), item))
-    return choices
+    return sorted(choices, key=lambda choice: choice.index)
 
 
 class _Counter:
