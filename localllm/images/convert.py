@@ -63,8 +63,13 @@ def _in_order(op_list: list, big: dict[str, np.ndarray]) -> list[str]:
 
 
 def convert_pipeline(src: Path | str, dst: Path | str, precision: str = "fp16", height: int = 512,
-                     width: int = 512, unet_batch: int = 2, progress: Progress | None = None) -> Path:
-    """Convert a diffusers ONNX pipeline folder for ``height`` × ``width`` images."""
+                     width: int = 512, unet_batch: int = 2, vae_tile: int | None = None,
+                     progress: Progress | None = None) -> Path:
+    """Convert a diffusers ONNX pipeline folder for ``height`` × ``width`` images.
+
+    ``unet_batch`` 2 runs guidance's two halves in one UNet call, 1 in two (less memory);
+    ``vae_tile`` (latents, e.g. 32) converts the VAE decoder for tiled decoding.
+    """
     src, dst = Path(src), Path(dst)
     index_path = src / "model_index.json"
     if not index_path.exists():
@@ -84,14 +89,18 @@ def convert_pipeline(src: Path | str, dst: Path | str, precision: str = "fp16", 
     latent_channels = 4
     vae_src = src / "vae_decoder" / "model.onnx"
     # fp16 is a storage format here: the ops compute in fp32, so SDXL's VAE does not overflow
-    convert_model(vae_src, dst / "vae_decoder", {"latent_sample": (1, latent_channels, lh, lw)}, precision,
+    th, tw = (min(vae_tile, lh), min(vae_tile, lw)) if vae_tile else (lh, lw)
+    convert_model(vae_src, dst / "vae_decoder", {"latent_sample": (1, latent_channels, th, tw)}, precision,
                   progress, "vae_decoder")
+    vae_config = src / "vae_decoder" / "config.json"
+    scaling = json.loads(vae_config.read_text()).get("scaling_factor") if vae_config.exists() else None
     for folder in ("tokenizer", "tokenizer_2", "scheduler"):
         if (src / folder).is_dir():
             shutil.copytree(src / folder, dst / folder, dirs_exist_ok=True)
     (dst / "pipeline.json").write_text(json.dumps({
         "source_index": index, "height": height, "width": width, "precision": precision, "unet_batch": unet_batch,
         "text_dim": text_dim, "pooled_dim": pooled_dim, "sdxl": "text_encoder_2" in encoders,
+        "vae_scaling_factor": scaling, "vae_tile": vae_tile,
     }, indent=2))
     return dst
 

@@ -111,6 +111,7 @@ class Engine:
         self.conv_budget = conv_budget
         self.uint8_intermediates = set(uint8_intermediates)
         self.stats = RunStats()
+        self.freed: dict[str, int] = {}  # last run: intermediate → index of the op after which it was freed
         self._uses: dict[str, int] = {}
         for spec in self.ops:
             for n in spec.inputs:
@@ -147,6 +148,7 @@ class Engine:
         roots: dict[int, list[Any]] = {}  # id(root buffer) → [nbytes, live tensors on it]
         live = 0
         stats = RunStats()
+        freed: dict[str, int] = {}
 
         def hold(value: Any) -> None:
             nonlocal live
@@ -169,7 +171,7 @@ class Engine:
 
         for value in env.values():
             hold(value)
-        for spec in self.ops:
+        for index, spec in enumerate(self.ops):
             args: list[Any] = []
             weight_bytes = 0
             fetched: list[str] = []
@@ -210,7 +212,7 @@ class Engine:
                 if info is not None and out.dtype.name != info.dtype:
                     out = out.astype(info.dtype)
                 if name in self.uint8_intermediates and out.dtype == np.float32:
-                    out = _Quantized(*quantize(out))
+                    out = _Quantized(*quantize(out, 0.0, 100.0))  # full range: clipping a skip hurts
                 env[name] = out
                 hold(out)
             stats.peak_activation_bytes = max(stats.peak_activation_bytes, live)
@@ -221,10 +223,13 @@ class Engine:
                     refs[n] -= 1
                     if refs[n] == 0 and n not in keep:
                         drop(env.pop(n))
+                        freed[n] = index
             for name in spec.outputs:
                 if name and refs.get(name, 0) == 0 and name not in keep and name in env:
                     drop(env.pop(name))
+                    freed[name] = index
         self.stats = stats
+        self.freed = freed
         result = {}
         for public, name in g.outputs.items():
             v = env[name] if name in env else g.constants[name]

@@ -10,6 +10,7 @@ zero-filled arrays of the right shapes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,12 +180,15 @@ def convert(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]],
     constants: dict[str, np.ndarray] = {}
     big: dict[str, np.ndarray] = {}
     produced: dict[str, ValueInfo] = {}
+    same: dict[tuple, str] = {}  # folding makes copies (one causal mask per layer): store each once
     for spec in kept:
-        for n in spec.inputs:
+        for k, n in enumerate(spec.inputs):
             if n and values[n].const is not None:
                 c = values[n].const
                 assert c is not None
                 if c.dtype.kind == "f" and c.size > INLINE_MAX:
+                    key = (c.shape, c.dtype.str, hashlib.sha256(c.tobytes()).digest())
+                    n = spec.inputs[k] = same.setdefault(key, n)
                     big[n] = c
                 else:
                     constants[n] = c

@@ -50,11 +50,9 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int, out: np.ndarray | N
 def to_stored(x: np.ndarray, precision: str) -> tuple[np.ndarray, float, int]:
     """A float weight in its stored form for a precision: fp32, fp16 or uint8."""
     x = np.asarray(x, dtype=np.float32)
-    if precision == "fp32":
-        return x, 1.0, 0
+    if precision == "fp32" or not np.isfinite(x).all() or np.abs(x).max(initial=0.0) > 60000:
+        return x, 1.0, 0  # masks (-inf, float32's min) would overflow fp16 and wreck a uint8 range: keep them exact
     if precision == "fp16":
-        if np.abs(x).max(initial=0.0) > 60000:  # would overflow fp16: keep it exact
-            return x, 1.0, 0
         return x.astype(np.float16), 1.0, 0
     if precision == "uint8":
         return quantize(x)
