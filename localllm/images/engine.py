@@ -10,6 +10,7 @@ large intermediates (a UNet's skip connections) can be held as uint8 while they 
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,7 @@ class Engine:
         self.uint8_intermediates = set(uint8_intermediates)
         self.stats = RunStats()
         self.freed: dict[str, int] = {}  # last run: intermediate → index of the op after which it was freed
+        self.profile: dict[str, float] | None = None  # set to {} to sum seconds per op type
         self._uses: dict[str, int] = {}
         for spec in self.ops:
             for n in spec.inputs:
@@ -201,7 +203,10 @@ class Engine:
                     target = self._reusable(spec, args, env, refs, roots)
                     if target is not None:
                         attrs["_out"] = target
+                started = time.perf_counter()
                 outs = ops.run_op(spec.type, args, attrs, spec.name)
+                if self.profile is not None:
+                    self.profile[spec.type] = self.profile.get(spec.type, 0.0) + time.perf_counter() - started
             for n in fetched:
                 self.provider.release(n)
             stats.weight_bytes += weight_bytes

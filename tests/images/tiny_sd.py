@@ -25,9 +25,9 @@ UNET = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block
         "block_out_channels": [32, 64], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 32,
         "attention_head_dim": 2, "norm_num_groups": 16}
-VAE = {"block_out_channels": [16, 32], "in_channels": 3, "out_channels": 3, "latent_channels": 4,
-       "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
-       "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 16}
+VAE = {"block_out_channels": [8, 16, 16, 16], "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+       "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+       "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64}  # 4 blocks: latents are images / 8
 SCHEDULER = {**export.SD15_SCHEDULER, "_class_name": "EulerAncestralDiscreteScheduler"}
 LATENT = 8  # the UNet runs on 8×8 latents: 64×64 images
 
