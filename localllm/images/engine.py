@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from localllm.errors import UnsupportedInput
-from localllm.images import ops
+from localllm.images import ops, threads
 from localllm.images.layout import OpSpec, StreamGraph
+from localllm.images.memory import release_memory_eagerly
 from localllm.images.quant import dequantize, quantize
 from localllm.images.weights import WeightsProvider, make_provider
 
@@ -100,12 +101,39 @@ def _root(a: np.ndarray) -> np.ndarray:
     return a
 
 
+class _Ledger:
+    """Bytes held by live tensors, counting a buffer once however many views of it are alive."""
+
+    def __init__(self) -> None:
+        self.roots: dict[int, list[Any]] = {}  # id(root buffer) → [nbytes, live tensors on it, buffer]
+        self.live = 0
+
+    def hold(self, value: Any) -> None:
+        r = _root(value.q if isinstance(value, _Quantized) else value)
+        entry = self.roots.setdefault(id(r), [r.nbytes, 0, r])
+        if entry[1] == 0:
+            self.live += entry[0]
+        entry[1] += 1
+
+    def drop(self, value: Any) -> None:
+        r = _root(value.q if isinstance(value, _Quantized) else value)
+        entry = self.roots[id(r)]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.live -= entry[0]
+            del self.roots[id(r)]
+
+    def sharing(self, arr: np.ndarray) -> int:
+        return self.roots[id(_root(arr))][1]
+
+
 class Engine:
     """One converted model, ready to run with weights streamed from ``provider``."""
 
     def __init__(self, graph: StreamGraph, provider: WeightsProvider | str = "prefetch", *,
                  attention_slicing: bool = True, attention_budget: int = ops.ATTENTION_BUDGET,
                  conv_budget: int = ops.CONV_BUDGET, uint8_intermediates: Iterable[str] = ()) -> None:
+        release_memory_eagerly()
         self.graph = graph
         self.provider = make_provider(provider, graph) if isinstance(provider, str) else provider
         self.ops = fuse_attention(graph.ops, graph, attention_budget) if attention_slicing else list(graph.ops)
@@ -145,34 +173,24 @@ class Engine:
                 raise UnsupportedInput(f"input {name!r} has shape {tuple(arr.shape)}, but the model was converted "
                                        f"for {info.shape}; convert it again for this size")
             env[name] = arr.astype(info.dtype, copy=True)
+        ledger = _Ledger()
+        for value in env.values():
+            ledger.hold(value)
+        self.stats, self.freed = RunStats(), {}
+        with threads.single_threaded_blas():
+            self._walk(env, ledger)
+        result = {}
+        for public, name in g.outputs.items():
+            v = env[name] if name in env else g.constants[name]
+            result[public] = dequantize(v.q, v.scale, v.zero_point) if isinstance(v, _Quantized) else np.asarray(v)
+        env.clear()
+        gc.collect(0)
+        return result
+
+    def _walk(self, env: dict[str, Any], ledger: _Ledger) -> None:
+        g, stats, freed = self.graph, self.stats, self.freed
         refs = dict(self._uses)
         keep = set(g.outputs.values())
-        roots: dict[int, list[Any]] = {}  # id(root buffer) → [nbytes, live tensors on it]
-        live = 0
-        stats = RunStats()
-        freed: dict[str, int] = {}
-
-        def hold(value: Any) -> None:
-            nonlocal live
-            arr = value.q if isinstance(value, _Quantized) else value
-            r = _root(arr)
-            entry = roots.setdefault(id(r), [r.nbytes, 0, r])
-            if entry[1] == 0:
-                live += entry[0]
-            entry[1] += 1
-
-        def drop(value: Any) -> None:
-            nonlocal live
-            arr = value.q if isinstance(value, _Quantized) else value
-            r = _root(arr)
-            entry = roots[id(r)]
-            entry[1] -= 1
-            if entry[1] == 0:
-                live -= entry[0]
-                del roots[id(r)]
-
-        for value in env.values():
-            hold(value)
         for index, spec in enumerate(self.ops):
             args: list[Any] = []
             weight_bytes = 0
@@ -184,7 +202,7 @@ class Engine:
                     args.append(g.constants[n])
                 elif n in g.weights:
                     if n in self._rows and spec.type == "Gather" and spec.inputs[0] == n:
-                        args.append(None)  # filled below from the indices
+                        args.append(None)  # read below, only the rows the indices name
                         continue
                     w = self.provider.get(n)
                     fetched.append(n)
@@ -200,7 +218,7 @@ class Engine:
             else:
                 attrs = {**spec.attrs, "_n_outputs": len(spec.outputs), "_budget": self.conv_budget}
                 if spec.type in IN_PLACE:
-                    target = self._reusable(spec, args, env, refs, roots)
+                    target = self._reusable(spec, args, env, refs, ledger)
                     if target is not None:
                         attrs["_out"] = target
                 started = time.perf_counter()
@@ -219,32 +237,23 @@ class Engine:
                 if name in self.uint8_intermediates and out.dtype == np.float32:
                     out = _Quantized(*quantize(out, 0.0, 100.0))  # full range: clipping a skip hurts
                 env[name] = out
-                hold(out)
-            stats.peak_activation_bytes = max(stats.peak_activation_bytes, live)
-            stats.peak_bytes = max(stats.peak_bytes, live + weight_bytes)
+                ledger.hold(out)
+            stats.peak_activation_bytes = max(stats.peak_activation_bytes, ledger.live)
+            stats.peak_bytes = max(stats.peak_bytes, ledger.live + weight_bytes)
             del args, outs
             for n in spec.inputs:
                 if n in refs:
                     refs[n] -= 1
                     if refs[n] == 0 and n not in keep:
-                        drop(env.pop(n))
+                        ledger.drop(env.pop(n))
                         freed[n] = index
             for name in spec.outputs:
                 if name and refs.get(name, 0) == 0 and name not in keep and name in env:
-                    drop(env.pop(name))
+                    ledger.drop(env.pop(name))
                     freed[name] = index
-        self.stats = stats
-        self.freed = freed
-        result = {}
-        for public, name in g.outputs.items():
-            v = env[name] if name in env else g.constants[name]
-            result[public] = dequantize(v.q, v.scale, v.zero_point) if isinstance(v, _Quantized) else np.asarray(v)
-        env.clear()
-        gc.collect(0)
-        return result
 
     def _reusable(self, spec: OpSpec, args: list[Any], env: dict[str, Any], refs: dict[str, int],
-                  roots: dict[int, list[Any]]) -> np.ndarray | None:
+                  ledger: _Ledger) -> np.ndarray | None:
         """An input buffer this op may overwrite: its last use, nobody else sees its memory, same shape."""
         info = self.graph.values.get(spec.outputs[0])
         if info is None:
@@ -256,7 +265,7 @@ class Engine:
                 continue
             if arr.shape != info.shape or arr.dtype.name != info.dtype or not arr.flags.writeable:
                 continue
-            if roots[id(_root(arr))][1] != 1:
+            if ledger.sharing(arr) != 1:
                 continue
             return arr
         return None

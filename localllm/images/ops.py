@@ -16,13 +16,14 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from localllm.errors import UnsupportedInput
+from localllm.images import threads
 from localllm.images.layout import ONNX_DTYPES
 
 Array = np.ndarray
 OpFn = Callable[[list[Any], dict[str, Any]], list[Array]]
 
 CONV_BUDGET = 16 << 20
-ATTENTION_BUDGET = 16 << 20
+ATTENTION_BUDGET = 1 << 20
 
 OPS: dict[str, OpFn] = {}
 
@@ -96,14 +97,20 @@ for _name, _fn in _UNARY.items():
     OPS[_name] = _unary(_fn)
 
 
+def _sigmoid_into(x: Array, out: Array) -> None:
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += 1
+    np.reciprocal(out, out=out)
+
+
 @op("Sigmoid")
 def sigmoid(x: list[Any], a: dict[str, Any]) -> list[Array]:
     v = x[0]
     out = a.get("_out")
-    out = np.negative(v, out=out) if out is not None else np.negative(v)
-    np.exp(out, out=out)
-    out += 1
-    return [np.reciprocal(out, out=out)]
+    if out is None:
+        out = np.empty(v.shape, dtype=v.dtype)
+    return [threads.elementwise(_sigmoid_into, np.ascontiguousarray(v), out)]
 
 
 @op("Relu")
@@ -111,29 +118,33 @@ def relu(x: list[Any], a: dict[str, Any]) -> list[Array]:
     return [np.maximum(x[0], 0)]
 
 
-@op("Erf")
-def erf(x: list[Any], a: dict[str, Any]) -> list[Array]:
-    """Abramowitz & Stegun 7.1.26 with one Newton-free refinement-free form: |error| < 1.5e-7."""
-    v = x[0]
-    s = np.sign(v)
+def _erf_into(v: Array, out: Array) -> None:
+    """Abramowitz & Stegun 7.1.26: |error| < 1.5e-7."""
     t = np.abs(v)
-    e = np.exp(-(t * t))
-    np.multiply(t, 0.3275911, out=t)
+    e = np.square(t)
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    t *= 0.3275911
     t += 1
     np.reciprocal(t, out=t)
-    p = t * 1.061405429
-    p -= 1.453152027
+    p = t * np.float32(1.061405429)
+    p -= np.float32(1.453152027)
     p *= t
-    p += 1.421413741
+    p += np.float32(1.421413741)
     p *= t
-    p -= 0.284496736
+    p -= np.float32(0.284496736)
     p *= t
-    p += 0.254829592
+    p += np.float32(0.254829592)
     p *= t
     p *= e
     np.subtract(1, p, out=p)
-    p *= s
-    return [p.astype(v.dtype, copy=False)]
+    np.copysign(p, v, out=out)
+
+
+@op("Erf")
+def erf(x: list[Any], a: dict[str, Any]) -> list[Array]:
+    v = np.ascontiguousarray(x[0], dtype=np.float32)
+    return [threads.elementwise(_erf_into, v, np.empty(v.shape, dtype=np.float32))]
 
 
 @op("Max")
@@ -427,17 +438,38 @@ def layer_norm(x: list[Any], a: dict[str, Any]) -> list[Array]:
 # ---------------------------------------------------------------- matrix products
 
 def matmul_2d_weight(left: Array, right: Array) -> Array:
-    """(…, K) @ (K, N) as one GEMM over all leading rows."""
+    """(…, K) @ (K, N) as GEMMs over shares of all leading rows, one per worker."""
     lead = left.shape[:-1]
     flat = left.reshape(-1, left.shape[-1])
-    return (flat @ right).reshape(*lead, right.shape[-1])
+    out = np.empty((flat.shape[0], right.shape[1]), dtype=np.result_type(left, right))
+    rows = list(range(0, flat.shape[0], 64))
+
+    def work(share: Sequence[int]) -> None:
+        if share:
+            r0, r1 = share[0], min(flat.shape[0], share[-1] + 64)
+            np.matmul(flat[r0:r1], right, out=out[r0:r1])
+
+    threads.run_split(rows, work)
+    return out.reshape(*lead, right.shape[-1])
 
 
 @op("MatMul")
 def matmul(x: list[Any], a: dict[str, Any]) -> list[Array]:
     left, right = x
-    if right.ndim == 2 and left.ndim > 2:
+    if right.ndim == 2 and left.ndim >= 2:
         return [matmul_2d_weight(left, right)]
+    if left.ndim >= 3 and right.ndim >= 3:
+        lead = np.broadcast_shapes(left.shape[:-2], right.shape[:-2])
+        lb = np.broadcast_to(left, (*lead, *left.shape[-2:])).reshape(-1, *left.shape[-2:])
+        rb = np.broadcast_to(right, (*lead, *right.shape[-2:])).reshape(-1, *right.shape[-2:])
+        out = np.empty((lb.shape[0], left.shape[-2], right.shape[-1]), dtype=np.result_type(left, right))
+
+        def work(share: Sequence[int]) -> None:
+            for i in share:
+                np.matmul(lb[i], rb[i], out=out[i])
+
+        threads.run_split(range(lb.shape[0]), work)
+        return [out.reshape(*lead, left.shape[-2], right.shape[-1])]
     return [np.matmul(left, right)]
 
 
@@ -460,7 +492,11 @@ def gemm(x: list[Any], a: dict[str, Any]) -> list[Array]:
 
 def attention(q: Array, kt: Array, v: Array, scale: float | None, divide: bool,
               budget: int = ATTENTION_BUDGET) -> Array:
-    """softmax((q @ kt) · scale) @ v, a slice of query rows at a time: the score matrix never exists whole."""
+    """softmax((q @ kt) · scale) @ v, a slice of query rows at a time: the score matrix never exists whole.
+
+    Slices are small (``budget`` bytes of scores per worker, ~1 MiB by default) so that the softmax's
+    passes run in cache; the workers share out (head, slice) pairs.
+    """
     lead = np.broadcast_shapes(q.shape[:-2], kt.shape[:-2], v.shape[:-2])
     n, m = q.shape[-2], kt.shape[-1]
     out = np.empty((*lead, n, v.shape[-1]), dtype=np.float32)
@@ -469,25 +505,30 @@ def attention(q: Array, kt: Array, v: Array, scale: float | None, divide: bool,
     vb = np.broadcast_to(v, (*lead, *v.shape[-2:])).reshape(-1, *v.shape[-2:])
     ob = out.reshape(-1, n, v.shape[-1])
     rows = max(1, min(n, budget // (4 * m)))
-    scores = np.empty((rows, m), dtype=np.float32)
-    sums = np.empty((rows, 1), dtype=np.float32)
-    for h in range(qb.shape[0]):
-        kh, vh = np.ascontiguousarray(kb[h]), np.ascontiguousarray(vb[h])
-        for r0 in range(0, n, rows):
+    items = [(h, r0) for h in range(qb.shape[0]) for r0 in range(0, n, rows)]
+    factor = None if scale is None else np.float32(1.0 / scale if divide else scale)
+
+    def work(share: Sequence[tuple[int, int]]) -> None:
+        scores = np.empty((rows, m), dtype=np.float32)
+        sums = np.empty((rows, 1), dtype=np.float32)
+        head, kh, vh = -1, kb[0], vb[0]
+        for h, r0 in share:
+            if h != head:
+                head, kh, vh = h, np.ascontiguousarray(kb[h]), np.ascontiguousarray(vb[h])
             r1 = min(n, r0 + rows)
-            s = scores[: r1 - r0]
+            s, t = scores[: r1 - r0], sums[: r1 - r0]
             np.matmul(qb[h, r0:r1], kh, out=s)
-            if scale is not None:
-                if divide:
-                    s /= np.float32(scale)
-                else:
-                    s *= np.float32(scale)
-            s -= s.max(axis=-1, keepdims=True)
+            if factor is not None:
+                s *= factor
+            np.max(s, axis=-1, keepdims=True, out=t)
+            s -= t
             np.exp(s, out=s)
-            t = sums[: r1 - r0]
             np.sum(s, axis=-1, keepdims=True, out=t)
-            np.matmul(s, vh, out=ob[h, r0:r1])
-            ob[h, r0:r1] /= t
+            o = ob[h, r0:r1]
+            np.matmul(s, vh, out=o)
+            o /= t
+
+    threads.run_split(items, work)
     return out
 
 
@@ -516,36 +557,70 @@ def conv(x: list[Any], a: dict[str, Any]) -> list[Array]:
 
 def conv2d(x: Array, w: Array, b: Array | None, strides: Sequence[int], pads: Sequence[int],
            dilations: Sequence[int], group: int = 1, budget: int = CONV_BUDGET) -> Array:
+    """Bands of output rows, each an im2col of ≤ ``budget`` bytes times the kernel matrix; workers share bands."""
     n, c, h, wd = x.shape
     cout, cg, kh, kw = w.shape
+    pt, pl, pb, pr = pads
+    ho = (h + pt + pb - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    wo = (wd + pl + pr - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    out = np.empty((n, cout, ho, wo), dtype=np.float32)
+    cout_g = cout // group
+    bias = None if b is None else b.reshape(cout, 1).astype(np.float32)
+    for g in range(group):
+        wg = np.ascontiguousarray(w[g * cout_g:(g + 1) * cout_g].reshape(cout_g, cg * kh * kw))
+        bg = None if bias is None else bias[g * cout_g:(g + 1) * cout_g]
+        og = out[:, g * cout_g:(g + 1) * cout_g]
+        xg = x[:, g * cg:(g + 1) * cg]
+        if kh == kw == 1 and tuple(strides) == (1, 1) and not any(pads):
+            _pointwise(xg, wg, bg, og, budget)
+        else:
+            _banded(xg, wg, bg, og, (kh, kw), strides, pads, dilations, budget)
+    return out
+
+
+def _pointwise(x: Array, w: Array, b: Array | None, out: Array, budget: int) -> None:
+    """1×1 convolution: the kernel matrix times column blocks of each image."""
+    n, c, h, wd = x.shape
+    cout = w.shape[0]
+    cols = max(64, budget // (4 * max(c, cout)))
+    items = [(i, c0) for i in range(n) for c0 in range(0, h * wd, cols)]
+
+    def work(share: Sequence[tuple[int, int]]) -> None:
+        for i, c0 in share:
+            c1 = min(h * wd, c0 + cols)
+            dst = out[i].reshape(cout, h * wd)[:, c0:c1]
+            np.matmul(w, x[i].reshape(c, h * wd)[:, c0:c1], out=dst)
+            if b is not None:
+                dst += b
+
+    threads.run_split(items, work)
+
+
+def _banded(x: Array, w: Array, b: Array | None, out: Array, kernel: tuple[int, int], strides: Sequence[int],
+            pads: Sequence[int], dilations: Sequence[int], budget: int) -> None:
+    n, c = x.shape[:2]
+    cout, ho, wo = out.shape[1:]
+    kh, kw = kernel
     sh, sw = strides
     dh, dw = dilations
     pt, pl, pb, pr = pads
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    out = np.empty((n, cout, ho, wo), dtype=np.float32)
-    cout_g = cout // group
-    for g in range(group):
-        wg = w[g * cout_g:(g + 1) * cout_g].reshape(cout_g, cg * kh * kw)
-        og = out[:, g * cout_g:(g + 1) * cout_g]
-        xg = x[:, g * cg:(g + 1) * cg]
-        if kh == kw == 1 and sh == sw == 1 and not any(pads):
-            for i in range(n):
-                np.matmul(wg, xg[i].reshape(cg, h * wd), out=og[i].reshape(cout_g, ho * wo))
-            continue
-        rows = max(1, min(ho, budget // (4 * cg * kh * kw * wo)))
-        for i in range(n):
-            xp = np.pad(xg[i], ((0, 0), (pt, pb), (pl, pr))) if any(pads) else xg[i]
-            for r0 in range(0, ho, rows):
-                r1 = min(ho, r0 + rows)
-                band = xp[:, r0 * sh: (r1 - 1) * sh + dh * (kh - 1) + 1]
-                win = sliding_window_view(band, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))
-                win = win[:, ::sh, ::sw, ::dh, ::dw][:, :, :wo]
-                col = np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(cg * kh * kw, -1)
-                og[i, :, r0:r1] = (wg @ col).reshape(cout_g, r1 - r0, wo)
-    if b is not None:
-        out += b.reshape(1, cout, 1, 1)
-    return out
+    rows = max(1, min(ho, budget // (4 * c * kh * kw * wo)))
+    padded = [np.pad(x[i], ((0, 0), (pt, pb), (pl, pr))) if any(pads) else x[i] for i in range(n)]
+    items = [(i, r0) for i in range(n) for r0 in range(0, ho, rows)]
+
+    def work(share: Sequence[tuple[int, int]]) -> None:
+        for i, r0 in share:
+            r1 = min(ho, r0 + rows)
+            band = padded[i][:, r0 * sh: (r1 - 1) * sh + dh * (kh - 1) + 1]
+            win = sliding_window_view(band, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))
+            win = win[:, ::sh, ::sw, ::dh, ::dw][:, :, :wo]
+            col = np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(c * kh * kw, -1)
+            dst = out[i, :, r0:r1].reshape(cout, (r1 - r0) * wo)
+            np.matmul(w, col, out=dst)
+            if b is not None:
+                dst += b
+
+    threads.run_split(items, work)
 
 
 def run_op(op_type: str, inputs: list[Any], attrs: dict[str, Any], node: str = "") -> list[Array]:
