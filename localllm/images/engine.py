@@ -24,6 +24,7 @@ from localllm.images.memory import release_memory_eagerly
 from localllm.images.quant import dequantize, quantize
 from localllm.images.weights import WeightsProvider, make_provider
 
+PACKED_OK = {"Conv", "MatMul"}  # ops that dequantize big weights a block at a time
 IN_PLACE = {"Add", "Sub", "Mul", "Div", "Sqrt", "Exp", "Sin", "Cos", "Tanh", "Neg", "Reciprocal", "Sigmoid", "Abs"}
 
 
@@ -32,6 +33,7 @@ class RunStats:
     peak_bytes: int = 0  # live intermediates + the current op's weights, at their highest
     peak_activation_bytes: int = 0
     weight_bytes: int = 0  # float32 bytes of weights handed to ops in the last run
+    peak_op: str = ""  # the op at which the peak was reached
 
 
 @dataclass
@@ -95,6 +97,55 @@ def fuse_attention(op_list: list[OpSpec], graph: StreamGraph, budget: int = ops.
     return [replace.get(i, spec) for i, spec in enumerate(op_list) if i not in drop]
 
 
+def fuse_gelu(op_list: list[OpSpec], graph: StreamGraph) -> list[OpSpec]:
+    """Replace torch's exact GELU, ``Div(x, √2) → Erf → Add(1) → Mul(x) → Mul(0.5)``, with one op.
+
+    Besides saving four passes, it keeps three activation-sized temporaries from being alive at once
+    (in SD's GEGLU feed-forward they are the UNet's largest tensors).
+    """
+    consumers: dict[str, list[int]] = {}
+    for i, spec in enumerate(op_list):
+        for n in spec.inputs:
+            consumers.setdefault(n, []).append(i)
+    outputs = set(graph.outputs.values())
+
+    def only(name: str) -> OpSpec | None:
+        users = consumers.get(name, [])
+        return op_list[users[0]] if len(users) == 1 and name not in outputs else None
+
+    def scalar(spec: OpSpec, value: float) -> str | None:
+        """The other input of a binary op, when this one is the scalar constant ``value``."""
+        consts = [n for n in spec.inputs if n in graph.constants and graph.constants[n].size == 1]
+        if len(consts) != 1 or abs(float(graph.constants[consts[0]].reshape(-1)[0]) - value) > 1e-4:
+            return None
+        others = [n for n in spec.inputs if n != consts[0]]
+        return others[0] if len(others) == 1 else None
+
+    drop: set[int] = set()
+    replace: dict[int, OpSpec] = {}
+    index = {id(spec): i for i, spec in enumerate(op_list)}
+    for spec in op_list:
+        if spec.type != "Div" or spec.inputs[0] in graph.constants:
+            continue
+        x = spec.inputs[0]
+        if spec.inputs[1] not in graph.constants or scalar(spec, 2**0.5) != x:
+            continue
+        erf = only(spec.outputs[0])
+        add = erf and erf.type == "Erf" and only(erf.outputs[0])
+        mul = add and add.type == "Add" and scalar(add, 1.0) == erf.outputs[0] and only(add.outputs[0])
+        if not mul or mul.type != "Mul" or sorted(mul.inputs) != sorted([x, add.outputs[0]]):
+            continue
+        half = only(mul.outputs[0])
+        chain = [spec, erf, add, mul]
+        if half is not None and half.type == "Mul" and scalar(half, 0.5) == mul.outputs[0]:
+            chain.append(half)
+        else:
+            continue
+        drop.update(index[id(c)] for c in chain[:-1])
+        replace[index[id(chain[-1])]] = OpSpec("Gelu", f"{spec.name}+gelu", [x], chain[-1].outputs, {})
+    return [replace.get(i, spec) for i, spec in enumerate(op_list) if i not in drop]
+
+
 def _root(a: np.ndarray) -> np.ndarray:
     while isinstance(a.base, np.ndarray):
         a = a.base
@@ -136,12 +187,15 @@ class Engine:
         release_memory_eagerly()
         self.graph = graph
         self.provider = make_provider(provider, graph) if isinstance(provider, str) else provider
-        self.ops = fuse_attention(graph.ops, graph, attention_budget) if attention_slicing else list(graph.ops)
+        fused = fuse_gelu(graph.ops, graph)
+        self.ops = fuse_attention(fused, graph, attention_budget) if attention_slicing else fused
         self.conv_budget = conv_budget
         self.uint8_intermediates = set(uint8_intermediates)
         self.stats = RunStats()
         self.freed: dict[str, int] = {}  # last run: intermediate → index of the op after which it was freed
         self.profile: dict[str, float] | None = None  # set to {} to sum seconds per op type
+        self.debug_peak = False  # set to keep what was alive at the peak in ``peak_live``
+        self.peak_live: dict[str, tuple[Any, int]] = {}
         self._uses: dict[str, int] = {}
         for spec in self.ops:
             for n in spec.inputs:
@@ -204,7 +258,7 @@ class Engine:
                     if n in self._rows and spec.type == "Gather" and spec.inputs[0] == n:
                         args.append(None)  # read below, only the rows the indices name
                         continue
-                    w = self.provider.get(n)
+                    w = self.provider.get(n, packed=spec.type in PACKED_OK and spec.inputs[1] == n)
                     fetched.append(n)
                     weight_bytes += w.nbytes
                     args.append(w)
@@ -239,7 +293,10 @@ class Engine:
                 env[name] = out
                 ledger.hold(out)
             stats.peak_activation_bytes = max(stats.peak_activation_bytes, ledger.live)
-            stats.peak_bytes = max(stats.peak_bytes, ledger.live + weight_bytes)
+            if ledger.live + weight_bytes > stats.peak_bytes:
+                stats.peak_bytes, stats.peak_op = ledger.live + weight_bytes, spec.name
+                if self.debug_peak:
+                    self.peak_live = {n: (getattr(v, "shape", None), v.nbytes) for n, v in env.items()}
             del args, outs
             for n in spec.inputs:
                 if n in refs:

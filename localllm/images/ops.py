@@ -18,6 +18,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from localllm.errors import UnsupportedInput
 from localllm.images import threads
 from localllm.images.layout import ONNX_DTYPES
+from localllm.images.quant import Packed
 
 Array = np.ndarray
 OpFn = Callable[[list[Any], dict[str, Any]], list[Array]]
@@ -110,7 +111,7 @@ def sigmoid(x: list[Any], a: dict[str, Any]) -> list[Array]:
     out = a.get("_out")
     if out is None:
         out = np.empty(v.shape, dtype=v.dtype)
-    return [threads.elementwise(_sigmoid_into, np.ascontiguousarray(v), out)]
+    return [threads.elementwise(_sigmoid_into, v, out)]
 
 
 @op("Relu")
@@ -143,8 +144,22 @@ def _erf_into(v: Array, out: Array) -> None:
 
 @op("Erf")
 def erf(x: list[Any], a: dict[str, Any]) -> list[Array]:
-    v = np.ascontiguousarray(x[0], dtype=np.float32)
+    v = x[0].astype(np.float32, copy=False)
     return [threads.elementwise(_erf_into, v, np.empty(v.shape, dtype=np.float32))]
+
+
+def _gelu_into(v: Array, out: Array) -> None:
+    _erf_into(v * np.float32(0.7071067811865476), out)
+    out += 1
+    out *= v
+    out *= np.float32(0.5)
+
+
+@op("Gelu")
+def gelu(x: list[Any], a: dict[str, Any]) -> list[Array]:
+    """x · Φ(x), exact (erf) form; fused from the exported Div → Erf → Add → Mul → Mul."""
+    v = x[0].astype(np.float32, copy=False)
+    return [threads.elementwise(_gelu_into, v, np.empty(v.shape, dtype=np.float32))]
 
 
 @op("Max")
@@ -456,6 +471,15 @@ def matmul_2d_weight(left: Array, right: Array) -> Array:
 @op("MatMul")
 def matmul(x: list[Any], a: dict[str, Any]) -> list[Array]:
     left, right = x
+    if isinstance(right, Packed):
+        if right.ndim != 2:
+            right = right.block(slice(None))
+        else:
+            step = right.cols_per_block(a.get("_budget", CONV_BUDGET))
+            out = np.empty((*left.shape[:-1], right.shape[1]), dtype=np.float32)
+            for c0 in range(0, right.shape[1], step):
+                out[..., c0:c0 + step] = matmul_2d_weight(left, right.block((slice(None), slice(c0, c0 + step))))
+            return [out]
     if right.ndim == 2 and left.ndim >= 2:
         return [matmul_2d_weight(left, right)]
     if left.ndim >= 3 and right.ndim >= 3:
@@ -551,8 +575,17 @@ def conv(x: list[Any], a: dict[str, Any]) -> list[Array]:
     bias = x[2] if len(x) > 2 else None
     if data.ndim != 4:
         raise UnsupportedOp(f"Conv on a {data.ndim}-d input is not supported (only 2-d images)")
-    return [conv2d(data, weight, bias, _pairs(a, "strides", 1, 2), _pairs(a, "pads", 0, 4),
-                   _pairs(a, "dilations", 1, 2), int(a.get("group", 1)), a.get("_budget", CONV_BUDGET))]
+    args = (_pairs(a, "strides", 1, 2), _pairs(a, "pads", 0, 4), _pairs(a, "dilations", 1, 2))
+    budget = a.get("_budget", CONV_BUDGET)
+    group = int(a.get("group", 1))
+    if not isinstance(weight, Packed):
+        return [conv2d(data, weight, bias, *args, group, budget)]
+    if group != 1:
+        return [conv2d(data, weight.block(slice(None)), bias, *args, group, budget)]
+    step = weight.rows_per_block(budget)  # output channels whose float32 kernels fit the budget
+    parts = [conv2d(data, weight.block(slice(c0, c0 + step)), None if bias is None else bias[c0:c0 + step],
+                    *args, 1, budget) for c0 in range(0, weight.shape[0], step)]
+    return [parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)]
 
 
 def conv2d(x: Array, w: Array, b: Array | None, strides: Sequence[int], pads: Sequence[int],

@@ -65,4 +65,29 @@ def from_stored(stored: np.ndarray, scale: float, zero_point: int) -> np.ndarray
         return dequantize(stored, scale, zero_point)
     if stored.dtype == np.float16:
         return stored.astype(np.float32)
-    return stored
+    return np.ascontiguousarray(stored)
+
+
+class Packed:
+    """A weight still in its stored form (fp16 or uint8), dequantized a block at a time by the op using it.
+
+    For the largest kernels (SD's 1280×2560×3×3 convolutions: 118 MB in fp32) this keeps the
+    float32 copy from ever existing whole.
+    """
+
+    def __init__(self, data: np.ndarray, scale: float, zero_point: int) -> None:
+        self.data, self.scale, self.zero_point = data, scale, zero_point
+        self.shape = data.shape
+        self.ndim = data.ndim
+        self.nbytes = data.nbytes
+
+    def block(self, index: object) -> np.ndarray:
+        return from_stored(self.data[index], self.scale, self.zero_point)
+
+    def rows_per_block(self, budget: int) -> int:
+        """How many slices along the first axis dequantize within ``budget`` float32 bytes."""
+        per_row = 4 * int(np.prod(self.shape[1:], dtype=np.int64))
+        return max(1, budget // per_row)
+
+    def cols_per_block(self, budget: int) -> int:
+        return max(1, budget // (4 * self.shape[0]))

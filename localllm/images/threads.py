@@ -43,17 +43,24 @@ def run_split(items: Sequence[T], work: Callable[[Sequence[T]], None]) -> None:
 
 def elementwise(fn: Callable[[np.ndarray, np.ndarray], None], x: np.ndarray, out: np.ndarray,
                 min_size: int = 1 << 18) -> np.ndarray:
-    """``fn(x_chunk, out_chunk)`` over cache-sized flat chunks of contiguous arrays, on every worker."""
-    if x.size < min_size or not (x.flags.c_contiguous and out.flags.c_contiguous):
+    """``fn(x_chunk, out_chunk)`` over cache-sized blocks of rows, on every worker.
+
+    ``x`` may be a strided view (one half of a GEGLU projection): blocks run over its rows.
+    """
+    if x.size < min_size or x.ndim == 0:
         fn(x, out)
         return out
-    xf, of = x.reshape(-1), out.reshape(-1)
-    chunk = 1 << 16
-    starts = list(range(0, xf.size, chunk))
+    last = x.shape[-1]
+    x2, o2 = x.reshape(-1, last), out.reshape(-1, last)
+    if not (np.shares_memory(x2, x) and np.shares_memory(o2, out)):  # reshape had to copy: no blocks
+        fn(x, out)
+        return out
+    rows = max(1, (1 << 16) // last)
+    starts = list(range(0, x2.shape[0], rows))
 
     def work(share: Sequence[int]) -> None:
         for s in share:
-            fn(xf[s:s + chunk], of[s:s + chunk])
+            fn(x2[s:s + rows], o2[s:s + rows])
 
     run_split(starts, work)
     return out

@@ -16,7 +16,9 @@ import numpy as np
 
 from localllm.errors import InvalidModelFile
 from localllm.images.layout import StreamGraph, WeightSpec
-from localllm.images.quant import from_stored
+from localllm.images.quant import Packed, from_stored
+
+PACK_MIN = 16 << 20  # weights over this many float32 bytes can be handed out packed
 
 
 def _read(fd: int, spec: WeightSpec) -> np.ndarray:
@@ -37,12 +39,20 @@ class WeightsProvider:
     def order(self, uses: Sequence[str]) -> None:
         """The names the engine will ask for, in order, once per run (prefetching providers use it)."""
 
-    def get(self, name: str) -> np.ndarray:
+    def get(self, name: str, packed: bool = False) -> np.ndarray | Packed:
+        """The weight as float32, or (``packed`` asked, stored smaller, and big) as a Packed."""
         raise NotImplementedError
+
+    def _out(self, spec: WeightSpec, stored: np.ndarray, packed: bool) -> np.ndarray | Packed:
+        if packed and stored.dtype != np.float32 and stored.size * 4 >= PACK_MIN:
+            return Packed(stored, spec.scale, spec.zero_point)
+        return from_stored(stored, spec.scale, spec.zero_point)
 
     def rows(self, name: str, indices: np.ndarray) -> np.ndarray:
         """Rows of a 2-d weight (an embedding table): only those are read and dequantized."""
-        return np.take(self.get(name), indices, axis=0)
+        table = self.get(name)
+        assert isinstance(table, np.ndarray)
+        return np.take(table, indices, axis=0)
 
     def release(self, name: str) -> None:
         pass
@@ -62,10 +72,10 @@ class DiskNoCache(WeightsProvider):
         super().__init__(graph)
         self._fd = os.open(graph.weights_path, os.O_RDONLY)
 
-    def get(self, name: str) -> np.ndarray:
+    def get(self, name: str, packed: bool = False) -> np.ndarray | Packed:
         spec = self.graph.weights[name]
         self.bytes_read += spec.nbytes
-        return from_stored(_read(self._fd, spec), spec.scale, spec.zero_point)
+        return self._out(spec, _read(self._fd, spec), packed)
 
     def rows(self, name: str, indices: np.ndarray) -> np.ndarray:
         spec = self.graph.weights[name]
@@ -97,9 +107,9 @@ class Ram(WeightsProvider):
     def _stored(self, spec: WeightSpec) -> np.ndarray:
         return self._blob[spec.offset: spec.offset + spec.nbytes].view(spec.dtype).reshape(spec.shape)
 
-    def get(self, name: str) -> np.ndarray:
+    def get(self, name: str, packed: bool = False) -> np.ndarray | Packed:
         spec = self.graph.weights[name]
-        return from_stored(self._stored(spec), spec.scale, spec.zero_point)
+        return self._out(spec, self._stored(spec), packed)
 
     def rows(self, name: str, indices: np.ndarray) -> np.ndarray:
         spec = self.graph.weights[name]
@@ -162,7 +172,7 @@ class DiskPrefetch(WeightsProvider):
     def _size(self, index: int) -> int:
         return self.graph.weights[self._uses[index % len(self._uses)]].nbytes
 
-    def get(self, name: str) -> np.ndarray:
+    def get(self, name: str, packed: bool = False) -> np.ndarray | Packed:
         spec = self.graph.weights[name]
         self.bytes_read += spec.nbytes
         with self._cond:
@@ -179,7 +189,7 @@ class DiskPrefetch(WeightsProvider):
                 self._cond.notify_all()
         if data is None:
             data = _read(self._fd, spec)
-        return from_stored(data, spec.scale, spec.zero_point)
+        return self._out(spec, data, packed)
 
     rows = DiskNoCache.rows
 

@@ -138,3 +138,26 @@ def test_runtime_does_not_import_onnx(converted) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("component", ["unet", "vae_decoder", "text_encoder"])
+def test_packed_weights_dequantized_in_blocks_match(converted, component: str, rng: np.random.Generator,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big fp16/uint8 kernels reach Conv and MatMul packed, dequantized a block of channels at a time."""
+    from localllm.images import weights
+
+    graph = StreamGraph.load(converted("uint8") / component)
+    x = {k: (rng.integers(0, 300, v.shape) if k == "input_ids" else rng.standard_normal(v.shape)).astype(v.dtype)
+         for k, v in graph.inputs.items()}
+    with Engine(graph, "ram") as whole:
+        want = whole.run(x)
+    monkeypatch.setattr(weights, "PACK_MIN", 0)
+    calls = []
+    block = weights.Packed.block
+    monkeypatch.setattr(weights.Packed, "block", lambda self, index: calls.append(index) or block(self, index))
+    with Engine(graph, "ram", conv_budget=2048) as blocks:  # several blocks per kernel
+        got = blocks.run(x)
+    kernels = sum(op.type in ("Conv", "MatMul") and op.inputs[1] in graph.weights for op in blocks.ops)
+    assert kernels > 0 and len(calls) > 2 * kernels
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
