@@ -5,10 +5,12 @@
 
 Once, into the cache (outside the repo): SD 1.5's text encoder (123M), UNet (860M) and VAE decoder
 built with random weights and exported in diffusers' ONNX layout (localllm.images.export), then
-converted to the streaming layout per precision (UNet at batch 2, VAE decoder whole and in 32×32
-latent tiles). Then every measurement runs in a fresh process, onnxruntime's (default CPU session)
-side by side with ours in the same run: peak RSS (ru_maxrss) and wall time of the text encoder,
-one UNet step at 512×512 with batch 2 (guidance), the VAE decode, and a whole 512×512 image.
+converted to the streaming layout per precision (for the image: UNet at batch 1, run twice per step
+for guidance, and the VAE decoder in 24×24-latent tiles; for the component figures: the UNet at
+batch 2 and the VAE decoder whole, as onnxruntime runs them). Then every measurement runs in a
+fresh process, onnxruntime's (default CPU session) side by side with ours in the same run: peak
+RSS (ru_maxrss) and wall time of the text encoder, one UNet step at 512×512 with batch 2
+(guidance), the VAE decode, and a whole 512×512 image.
 A component's first run and a second, warm one are both timed. Prints a table and the ratios.
 Goals: the whole image in <= 300 MB peak RSS (fp16 or uint8), a UNet step <= 2.0x onnxruntime.
 """
@@ -61,7 +63,7 @@ def prepare(cache: Path, precisions: list[str]) -> None:
         (onnx_dir / "done").touch()
     for precision in precisions:
         out = cache / f"sd15-{precision}"
-        if (out / "vae_decoder_whole" / "graph.json").exists():
+        if (out / "vae_decoder_whole" / "graph.json").exists() and (out / "unet_batch2" / "graph.json").exists():
             continue
         print(f"converting to the streaming layout, {precision} ...", flush=True)
         subprocess.run([sys.executable, __file__, "--cache", str(cache), "convert", precision], check=True, cwd=ROOT)
@@ -83,7 +85,13 @@ def convert(cache: Path, precision: str) -> None:
     from localllm.images.convert import convert_model, convert_pipeline
 
     src, out = cache / "sd15-onnx", cache / f"sd15-{precision}"
-    convert_pipeline(src, out, precision, 512, 512, unet_batch=2, vae_tile=32)
+    # the image: UNet at batch 1 (guidance's two halves one after the other: half the activations),
+    # VAE in 24x24-latent tiles (4 x 4 of them: the same decoder work as 3 x 3 tiles of 32)
+    convert_pipeline(src, out, precision, 512, 512, unet_batch=1, vae_tile=24)
+    # the components, as onnxruntime runs them: the UNet step at batch 2, the VAE decoder whole
+    convert_model(src / "unet" / "model.onnx", out / "unet_batch2",
+                  {"sample": (2, 4, LATENT, LATENT), "timestep": (2,), "encoder_hidden_states": (2, 77, 768)},
+                  precision)
     convert_model(src / "vae_decoder" / "model.onnx", out / "vae_decoder_whole",
                   {"latent_sample": (1, 4, LATENT, LATENT)}, precision)
 
@@ -139,7 +147,7 @@ def worker(cache: Path, engine: str, task: str, precision: str, provider: str, s
         sd.generate(PROMPT, "blurry", steps=steps, guidance_scale=7.5, seed=1)
         return {"times": [time.perf_counter() - start], "peak_rss_mb": peak_rss_mb(),
                 "engine_peak_mb": {k: v / 1e6 for k, v in sd.peak_bytes.items()}}
-    name = "vae_decoder_whole" if task == "vae" else COMPONENT[task]
+    name = {"vae": "vae_decoder_whole", "unet": "unet_batch2"}.get(task, COMPONENT[task])
     with Engine(StreamGraph.load(folder / name), provider) as eng:
         feeds = inputs_for(task)
         for _ in range(runs):

@@ -25,7 +25,8 @@ from localllm.images.quant import dequantize, quantize
 from localllm.images.weights import WeightsProvider, make_provider
 
 PACKED_OK = {"Conv", "MatMul"}  # ops that dequantize big weights a block at a time
-IN_PLACE = {"Add", "Sub", "Mul", "Div", "Sqrt", "Exp", "Sin", "Cos", "Tanh", "Neg", "Reciprocal", "Sigmoid", "Abs"}
+IN_PLACE = {"Silu", "Add", "Sub", "Mul", "Div", "Sqrt", "Exp", "Sin", "Cos", "Tanh", "Neg", "Reciprocal", "Sigmoid",
+            "Abs"}
 
 
 @dataclass
@@ -146,6 +147,28 @@ def fuse_gelu(op_list: list[OpSpec], graph: StreamGraph) -> list[OpSpec]:
     return [replace.get(i, spec) for i, spec in enumerate(op_list) if i not in drop]
 
 
+def fuse_silu(op_list: list[OpSpec], graph: StreamGraph) -> list[OpSpec]:
+    """``Sigmoid(x) → Mul(x, ·)`` as one ``Silu`` op, which can write over x when x dies there."""
+    consumers: dict[str, list[int]] = {}
+    for i, spec in enumerate(op_list):
+        for n in spec.inputs:
+            consumers.setdefault(n, []).append(i)
+    outputs = set(graph.outputs.values())
+    drop: set[int] = set()
+    replace: dict[int, OpSpec] = {}
+    for i, spec in enumerate(op_list):
+        if spec.type != "Sigmoid" or spec.outputs[0] in outputs:
+            continue
+        users = consumers.get(spec.outputs[0], [])
+        if len(users) != 1:
+            continue
+        mul = op_list[users[0]]
+        if mul.type == "Mul" and sorted(mul.inputs) == sorted([spec.inputs[0], spec.outputs[0]]):
+            drop.add(i)
+            replace[users[0]] = OpSpec("Silu", f"{spec.name}+silu", [spec.inputs[0]], mul.outputs, {})
+    return [replace.get(i, spec) for i, spec in enumerate(op_list) if i not in drop]
+
+
 def _root(a: np.ndarray) -> np.ndarray:
     while isinstance(a.base, np.ndarray):
         a = a.base
@@ -187,7 +210,7 @@ class Engine:
         release_memory_eagerly()
         self.graph = graph
         self.provider = make_provider(provider, graph) if isinstance(provider, str) else provider
-        fused = fuse_gelu(graph.ops, graph)
+        fused = fuse_silu(fuse_gelu(graph.ops, graph), graph)
         self.ops = fuse_attention(fused, graph, attention_budget) if attention_slicing else fused
         self.conv_budget = conv_budget
         self.uint8_intermediates = set(uint8_intermediates)

@@ -114,6 +114,23 @@ def sigmoid(x: list[Any], a: dict[str, Any]) -> list[Array]:
     return [threads.elementwise(_sigmoid_into, v, out)]
 
 
+def _silu_into(x: Array, out: Array) -> None:
+    s = np.negative(x)
+    np.exp(s, out=s)
+    s += 1
+    np.divide(x, s, out=out)
+
+
+@op("Silu")
+def silu(x: list[Any], a: dict[str, Any]) -> list[Array]:
+    """x · sigmoid(x), fused from Sigmoid → Mul; may overwrite its input (``_out``) when that dies here."""
+    v = x[0]
+    out = a.get("_out")
+    if out is None:
+        out = np.empty(v.shape, dtype=v.dtype)
+    return [threads.elementwise(_silu_into, v, out)]
+
+
 @op("Relu")
 def relu(x: list[Any], a: dict[str, Any]) -> list[Array]:
     return [np.maximum(x[0], 0)]
@@ -638,13 +655,23 @@ def _banded(x: Array, w: Array, b: Array | None, out: Array, kernel: tuple[int, 
     dh, dw = dilations
     pt, pl, pb, pr = pads
     rows = max(1, min(ho, budget // (4 * c * kh * kw * wo)))
-    padded = [np.pad(x[i], ((0, 0), (pt, pb), (pl, pr))) if any(pads) else x[i] for i in range(n)]
     items = [(i, r0) for i in range(n) for r0 in range(0, ho, rows)]
+    h, wd = x.shape[2:]
+
+    def padded_band(i: int, top: int, bottom: int) -> Array:
+        """Rows [top, bottom) of the zero-padded image i: padding is built per band, never for the whole image."""
+        if not any(pads):
+            return x[i][:, top:bottom]
+        band = np.zeros((c, bottom - top, wd + pl + pr), dtype=np.float32)
+        src0, src1 = max(top - pt, 0), min(bottom - pt, h)
+        if src1 > src0:
+            band[:, src0 + pt - top: src1 + pt - top, pl:pl + wd] = x[i][:, src0:src1]
+        return band
 
     def work(share: Sequence[tuple[int, int]]) -> None:
         for i, r0 in share:
             r1 = min(ho, r0 + rows)
-            band = padded[i][:, r0 * sh: (r1 - 1) * sh + dh * (kh - 1) + 1]
+            band = padded_band(i, r0 * sh, (r1 - 1) * sh + dh * (kh - 1) + 1)
             win = sliding_window_view(band, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))
             win = win[:, ::sh, ::sw, ::dh, ::dw][:, :, :wo]
             col = np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(c * kh * kw, -1)

@@ -125,7 +125,7 @@ class DiskPrefetch(WeightsProvider):
     the expected next use (another order, or an embedding read by rows) is read directly.
     """
 
-    def __init__(self, graph: StreamGraph, budget: int = 64 << 20) -> None:
+    def __init__(self, graph: StreamGraph, budget: int = 32 << 20) -> None:
         super().__init__(graph)
         self.budget = budget
         self._fd = os.open(graph.weights_path, os.O_RDONLY)
