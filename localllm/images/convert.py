@@ -135,3 +135,28 @@ def _unet_inputs(path: Path, batch: int, lh: int, lw: int, dst: Path,
     if "time_ids" in declared:
         shapes["time_ids"] = (batch, declared["time_ids"][1].dim_value or 6)
     return shapes, text_dim, pooled_dim
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m localllm.images.convert SRC DST [--precision fp16] [--size 512x512] ...``"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Convert a diffusers ONNX pipeline folder to the streaming layout.")
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dst", type=Path)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
+    parser.add_argument("--size", default="512x512", help="WIDTHxHEIGHT of the images to make")
+    parser.add_argument("--unet-batch", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--vae-tile", type=int, default=None, help="latent tile size for tiled VAE decoding")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+
+    def report(component: str, done: int, total: int) -> None:
+        if done == total or done % 200 == 0:
+            print(f"\r{component}: {done}/{total}", end="\n" if done == total else "", flush=True)
+
+    convert_pipeline(args.src, args.dst, args.precision, height, width, args.unet_batch, args.vae_tile, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -470,19 +470,30 @@ def layer_norm(x: list[Any], a: dict[str, Any]) -> list[Array]:
 # ---------------------------------------------------------------- matrix products
 
 def matmul_2d_weight(left: Array, right: Array) -> Array:
-    """(…, K) @ (K, N) as GEMMs over shares of all leading rows, one per worker."""
+    """(…, K) @ (K, N) as GEMMs over shares of all leading rows, one per worker (of columns, for few rows)."""
     lead = left.shape[:-1]
     flat = left.reshape(-1, left.shape[-1])
-    out = np.empty((flat.shape[0], right.shape[1]), dtype=np.result_type(left, right))
-    rows = list(range(0, flat.shape[0], 64))
+    m, n = flat.shape[0], right.shape[1]
+    out = np.empty((m, n), dtype=np.result_type(left, right))
+    if m >= 256 * threads.WORKERS or n < 256:
+        rows = list(range(0, m, 64))
 
-    def work(share: Sequence[int]) -> None:
-        if share:
-            r0, r1 = share[0], min(flat.shape[0], share[-1] + 64)
-            np.matmul(flat[r0:r1], right, out=out[r0:r1])
+        def by_rows(share: Sequence[int]) -> None:
+            if share:
+                r0, r1 = share[0], min(m, share[-1] + 64)
+                np.matmul(flat[r0:r1], right, out=out[r0:r1])
 
-    threads.run_split(rows, work)
-    return out.reshape(*lead, right.shape[-1])
+        threads.run_split(rows, by_rows)
+    else:
+        cols = list(range(0, n, 64))
+
+        def by_cols(share: Sequence[int]) -> None:
+            if share:
+                c0, c1 = share[0], min(n, share[-1] + 64)
+                out[:, c0:c1] = flat @ right[:, c0:c1]
+
+        threads.run_split(cols, by_cols)
+    return out.reshape(*lead, n)
 
 
 @op("MatMul")

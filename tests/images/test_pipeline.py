@@ -109,3 +109,17 @@ def test_turbo_single_step_without_guidance(tiny_sd: Path, converted, batch: int
     eps = unet.run(None, {"sample": sched.scale_model_input(x, 0), "timestep": np.array([999.0], np.float32),
                           "encoder_hidden_states": cond})[0]
     assert np.abs(latents - (x - sched.sigmas[0] * eps)).max() <= 1e-3
+
+
+def test_convert_command_line(tiny_sd: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "localllm.images.convert", str(tiny_sd), str(tmp_path / "sd"),
+                          "--precision", "uint8", "--size", "64x64", "--vae-tile", "4"],
+                         capture_output=True, text=True, check=True)
+    assert "unet: 1/1" in out.stdout
+    sd = StableDiffusion(tmp_path / "sd", "disk")
+    image = sd.generate(PROMPT, steps=1, seed=0)  # VAE in 3 x 3 tiles of 4 x 4 latents
+    assert image.shape == (64, 64, 3)
+    assert json.loads((tmp_path / "sd" / "unet" / "graph.json").read_text())["meta"]["precision"] == "uint8"
