@@ -82,14 +82,36 @@ def _export(module: Any, args: tuple, path: Path, inputs: list[str], outputs: li
     tmp.rmdir()
 
 
-def export_text_encoder(config: Mapping[str, Any], out: Path, seed: int = 0, opset: int = 14) -> None:
+def export_text_encoder(config: Mapping[str, Any], out: Path, seed: int = 0, opset: int = 14,
+                        sdxl: str | None = None) -> None:
+    """CLIP's text encoder; ``sdxl="first"|"second"`` exports SDXL's (all hidden states; the second
+    with its projection, ``text_embeds``), as optimum names their outputs."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    model = CLIPTextModel(CLIPTextConfig(**config)).eval()
+    cfg = CLIPTextConfig(**config)
     ids = torch.zeros((1, 77), dtype=torch.int32)
-    _export(model, (ids,), out / "model.onnx", ["input_ids"], ["last_hidden_state", "pooler_output"],
+    if sdxl is None:
+        model = CLIPTextModel(cfg).eval()
+        _export(model, (ids,), out / "model.onnx", ["input_ids"], ["last_hidden_state", "pooler_output"],
+                {"input_ids": {0: "batch", 1: "sequence"}}, opset)
+        return
+    base = (CLIPTextModelWithProjection if sdxl == "second" else CLIPTextModel)(cfg).eval()
+    first = "text_embeds" if sdxl == "second" else "pooler_output"
+
+    class AllStates(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any) -> Any:
+            out = self.inner(input_ids, output_hidden_states=True)
+            pooled = out.text_embeds if sdxl == "second" else out.pooler_output
+            return (out.last_hidden_state, pooled, *out.hidden_states)
+
+    names = ["last_hidden_state", first] + [f"hidden_states.{i}" for i in range(cfg.num_hidden_layers + 1)]
+    _export(AllStates(base), (ids,), out / "model.onnx", ["input_ids"], names,
             {"input_ids": {0: "batch", 1: "sequence"}}, opset)
 
 
@@ -105,19 +127,29 @@ def export_unet(config: Mapping[str, Any], out: Path, seed: int = 0, opset: int 
     sample = torch.randn(2, c.in_channels, latent, latent)
     timestep = torch.tensor([1.0, 1.0])
     text = torch.randn(2, text_len, c.cross_attention_dim)
+    axes = {"sample": {0: "batch", 1: "channels", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+            "encoder_hidden_states": {0: "batch", 1: "sequence"}}
 
     class Wrapped(torch.nn.Module):
         def __init__(self, unet: Any) -> None:
             super().__init__()
             self.unet = unet
 
-        def forward(self, sample: Any, timestep: Any, encoder_hidden_states: Any) -> Any:
-            return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        def forward(self, sample: Any, timestep: Any, encoder_hidden_states: Any, text_embeds: Any = None,
+                    time_ids: Any = None) -> Any:
+            extra = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
+            return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=extra, return_dict=False)[0]
 
+    if c.addition_embed_type == "text_time":  # SDXL: pooled text embedding and size/crop conditioning
+        pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+        size = 8.0 * latent
+        extra = (torch.randn(2, pooled), torch.tensor([[size, size, 0, 0, size, size]] * 2))
+        _export(Wrapped(model), (sample, timestep, text, *extra), out / "model.onnx",
+                ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"], ["out_sample"],
+                {**axes, "text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}, opset)
+        return
     _export(Wrapped(model), (sample, timestep, text), out / "model.onnx",
-            ["sample", "timestep", "encoder_hidden_states"], ["out_sample"],
-            {"sample": {0: "batch", 1: "channels", 2: "height", 3: "width"}, "timestep": {0: "batch"},
-             "encoder_hidden_states": {0: "batch", 1: "sequence"}}, opset)
+            ["sample", "timestep", "encoder_hidden_states"], ["out_sample"], axes, opset)
 
 
 def export_vae_decoder(config: Mapping[str, Any], out: Path, seed: int = 0, opset: int = 14, latent: int = 8) -> None:

@@ -22,8 +22,8 @@ BUILDER_SOURCES = [HERE / "tiny_sd.py", ROOT / "localllm" / "images" / "export.p
 
 
 @pytest.fixture(scope="session")
-def tiny_sd(pytestconfig: pytest.Config) -> Path:
-    """A diffusers ONNX layout folder: tiny CLIP text encoder, UNet, VAE decoder, BPE vocabulary."""
+def tiny_models(pytestconfig: pytest.Config) -> Path:
+    """``sd/`` and ``sdxl/``: diffusers ONNX layout folders of tiny pipelines, built once per builder version."""
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in BUILDER_SOURCES)).hexdigest()[:16]
     folder = pytestconfig.cache.mkdir(f"tiny-sd-{digest}")
     done = folder / "built"
@@ -31,12 +31,24 @@ def tiny_sd(pytestconfig: pytest.Config) -> Path:
         staging = folder.with_name(folder.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         # a child process: torch and diffusers stay out of the test process's memory
-        subprocess.run([sys.executable, str(HERE / "tiny_sd.py"), str(staging)], check=True, cwd=ROOT,
-                       capture_output=True)
+        subprocess.run([sys.executable, str(HERE / "tiny_sd.py"), str(staging / "sd"), str(staging / "sdxl")],
+                       check=True, cwd=ROOT, capture_output=True)
         shutil.rmtree(folder)
         staging.rename(folder)
-        done.touch()
+        (folder / "built").touch()
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_models: Path) -> Path:
+    """Tiny SD 1.5-shaped pipeline: CLIP text encoder, UNet, VAE decoder, BPE vocabulary."""
+    return tiny_models / "sd"
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tiny_models: Path) -> Path:
+    """Tiny SDXL-shaped pipeline: two text encoders, a UNet with text_embeds and time_ids."""
+    return tiny_models / "sdxl"
 
 
 @pytest.fixture(scope="session")

@@ -87,5 +87,33 @@ def build(out: Path) -> Path:
     return out
 
 
+SDXL_UNET = {**UNET, "cross_attention_dim": 64, "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+             "projection_class_embeddings_input_dim": 32 + 6 * 8, "use_linear_projection": True,
+             "transformer_layers_per_block": [1, 2], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]}
+SDXL_TEXT = {**TEXT, "hidden_act": "gelu"}  # the second encoder (OpenCLIP bigG) uses exact GELU
+
+
+def build_sdxl(out: Path) -> Path:
+    """SDXL's shape: two text encoders (states concatenated: 32 + 32), pooled text embeds and time ids."""
+    vocab, merges = train_bpe(CORPUS)
+    merges_txt = "#version: 0.2\n" + "\n".join(merges) + "\n"
+    files = {"vocab.json": json.dumps(vocab).encode(), "merges.txt": merges_txt.encode()}
+    export.write_layout(out, {**SCHEDULER, "timestep_spacing": "trailing"}, files)
+    (out / "tokenizer_2").mkdir(exist_ok=True)
+    for name, data in {**files, "special_tokens_map.json": b'{"pad_token": "!"}'}.items():
+        (out / "tokenizer_2" / name).write_bytes(data)
+    text = {**TEXT, "vocab_size": len(vocab), "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": vocab["<|endoftext|>"]}
+    export.export_text_encoder(text, out / "text_encoder", seed=4, sdxl="first")
+    export.export_text_encoder({**text, **SDXL_TEXT, "vocab_size": len(vocab)}, out / "text_encoder_2", seed=5,
+                               sdxl="second")
+    export.export_unet(SDXL_UNET, out / "unet", seed=6, latent=LATENT)
+    export.export_vae_decoder(VAE, out / "vae_decoder", seed=7, latent=LATENT)
+    return out
+
+
 if __name__ == "__main__":
     build(Path(sys.argv[1]))
+    if len(sys.argv) > 2:
+        build_sdxl(Path(sys.argv[2]))
