@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/diffusion.py [--cache ~/.cache/localllm-bench] [--steps 4]
         [--precisions fp32,fp16,uint8] [--providers disk,prefetch,ram] [--only text,unet,vae,image]
+        [--vae-providers prefetch] [--image-runs fp16:prefetch,uint8:prefetch,fp16:disk]
 
 Once, into the cache (outside the repo): SD 1.5's text encoder (123M), UNet (860M) and VAE decoder
 built with random weights and exported in diffusers' ONNX layout (localllm.images.export), then
@@ -204,6 +205,9 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,fp16,uint8")
     parser.add_argument("--providers", default="disk,prefetch,ram")
     parser.add_argument("--only", default="text,unet,vae,image")
+    parser.add_argument("--vae-providers", default="prefetch", help="providers for the (slow) whole VAE decode")
+    parser.add_argument("--image-runs", default="fp16:prefetch,uint8:prefetch,fp16:disk",
+                        help="precision:provider pairs for the whole image")
     parser.add_argument("rest", nargs="*")
     args = parser.parse_args()
     if args.rest and args.rest[0] == "worker":
@@ -236,11 +240,15 @@ def main() -> None:
     for task in args.only.split(","):
         ref = measure(args.cache, "ort", task, steps=args.steps, runs=1 if task == "image" else 2)
         show(f"{task:5s} onnxruntime", ref, None)
-        for precision in precisions:
-            for provider in providers if task != "image" else ["prefetch", "disk"]:
-                result = measure(args.cache, "ours", task, precision, provider, args.steps,
-                                 runs=1 if task == "image" else 2)
-                show(f"{task:5s} localllm {precision:5s} {provider:8s}", result, ref)
+        if task == "image":
+            combos = [tuple(pair.split(":")) for pair in args.image_runs.split(",")]
+        else:
+            chosen = args.vae_providers.split(",") if task == "vae" else providers
+            combos = [(precision, provider) for precision in precisions for provider in chosen]
+        for precision, provider in combos:
+            result = measure(args.cache, "ours", task, precision, provider, args.steps,
+                             runs=1 if task == "image" else 2)
+            show(f"{task:5s} localllm {precision:5s} {provider:8s}", result, ref)
     (args.cache / "results.json").write_text(json.dumps(rows, indent=2))
 
 

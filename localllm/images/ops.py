@@ -62,7 +62,7 @@ def _binary(ufunc: np.ufunc) -> OpFn:
         if ufunc is np.power and np.ndim(right) == 0 and float(right) == 2.0:
             return [np.square(left)]
         out = a.get("_out")
-        if out is not None and ufunc.types and np.broadcast_shapes(left.shape, right.shape) == out.shape:
+        if out is not None and np.broadcast_shapes(left.shape, right.shape) == out.shape:
             return [ufunc(left, right, out=out)]
         return [ufunc(left, right)]
 

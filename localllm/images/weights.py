@@ -136,10 +136,12 @@ class DiskPrefetch(WeightsProvider):
         self._next_use = 0
         self._cond = threading.Condition()
         self._stop = False
+        self._generation = 0  # a new order() makes reads already in flight stale
         self._thread: threading.Thread | None = None
 
     def order(self, uses: Sequence[str]) -> None:
         with self._cond:
+            self._generation += 1
             self._uses = list(uses)
             self._ready.clear()
             self._held = 0
@@ -160,14 +162,15 @@ class DiskPrefetch(WeightsProvider):
                     self._cond.wait()
                 if self._stop:
                     return
-                index = self._next_read
+                index, generation = self._next_read, self._generation
                 spec = self.graph.weights[self._uses[index % len(self._uses)]]
                 self._next_read += 1
                 self._held += spec.nbytes
             data = _read(self._fd, spec)
             with self._cond:
-                self._ready.append((index, data))
-                self._cond.notify_all()
+                if generation == self._generation:
+                    self._ready.append((index, data))
+                    self._cond.notify_all()
 
     def _size(self, index: int) -> int:
         return self.graph.weights[self._uses[index % len(self._uses)]].nbytes
