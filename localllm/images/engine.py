@@ -206,13 +206,17 @@ class Engine:
 
     def __init__(self, graph: StreamGraph, provider: WeightsProvider | str = "prefetch", *,
                  attention_slicing: bool = True, attention_budget: int = ops.ATTENTION_BUDGET,
-                 conv_budget: int = ops.CONV_BUDGET, uint8_intermediates: Iterable[str] = ()) -> None:
+                 conv_budget: int = ops.CONV_BUDGET, uint8_intermediates: Iterable[str] | int = ()) -> None:
+        """``uint8_intermediates``: names of intermediates to hold as uint8 while they wait, or a count
+        of the longest-lived big ones to choose (a UNet's skip connections)."""
         release_memory_eagerly()
         self.graph = graph
         self.provider = make_provider(provider, graph) if isinstance(provider, str) else provider
         fused = fuse_silu(fuse_gelu(graph.ops, graph), graph)
         self.ops = fuse_attention(fused, graph, attention_budget) if attention_slicing else fused
         self.conv_budget = conv_budget
+        if isinstance(uint8_intermediates, int):
+            uint8_intermediates = longest_lived(self.ops, graph, uint8_intermediates)
         self.uint8_intermediates = set(uint8_intermediates)
         self.stats = RunStats()
         self.freed: dict[str, int] = {}  # last run: intermediate → index of the op after which it was freed
@@ -351,11 +355,12 @@ class Engine:
         return None
 
 
-def longest_lived(graph: StreamGraph, count: int, min_bytes: int = 1 << 20) -> list[str]:
-    """The ``count`` intermediates that hold the most bytes × ops alive: a UNet's skip connections."""
+def longest_lived(op_list: list[OpSpec], graph: StreamGraph, count: int, min_bytes: int = 0) -> list[str]:
+    """The ``count`` intermediates of ``op_list`` (after fusion) that hold the most bytes × ops alive:
+    a UNet's skip connections."""
     born: dict[str, int] = {}
     last: dict[str, int] = {}
-    for i, spec in enumerate(graph.ops):
+    for i, spec in enumerate(op_list):
         for n in spec.outputs:
             born[n] = i
         for n in spec.inputs:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from localllm.errors import InvalidModelFile
-from localllm.images.engine import Engine, longest_lived
+from localllm.images.engine import Engine
 from localllm.images.layout import StreamGraph
 from localllm.images.schedulers import make_scheduler
 from localllm.images.tokenizer import ClipTokenizer
@@ -63,8 +63,8 @@ class StableDiffusion:
     def engine(self, name: str) -> Engine:
         graph = StreamGraph.load(self.folder / name)
         provider = make_provider(self.provider, graph) if isinstance(self.provider, str) else self.provider(graph)
-        skips = longest_lived(graph, self.uint8_skips) if name == "unet" and self.uint8_skips else ()
-        return Engine(graph, provider, attention_slicing=self.attention_slicing, uint8_intermediates=skips)
+        return Engine(graph, provider, attention_slicing=self.attention_slicing,
+                      uint8_intermediates=self.uint8_skips if name == "unet" else ())
 
     def encode(self, prompt: str) -> tuple[np.ndarray, np.ndarray | None]:
         """(1, 77, D) text states for the UNet, and SDXL's pooled embedding."""

@@ -123,3 +123,11 @@ def test_convert_command_line(tiny_sd: Path, tmp_path: Path) -> None:
     image = sd.generate(PROMPT, steps=1, seed=0)  # VAE in 3 x 3 tiles of 4 x 4 latents
     assert image.shape == (64, 64, 3)
     assert json.loads((tmp_path / "sd" / "unet" / "graph.json").read_text())["meta"]["precision"] == "uint8"
+
+
+def test_uint8_skips_in_pipeline(converted) -> None:
+    exact = StableDiffusion(converted("fp32"), "ram").latents(PROMPT, steps=2, seed=4)
+    sd = StableDiffusion(converted("fp32"), "ram", uint8_skips=4)
+    approx = sd.latents(PROMPT, steps=2, seed=4)
+    err = np.abs(approx - exact).max() / np.abs(exact).max()
+    assert 0 < err < 0.05
