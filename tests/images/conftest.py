@@ -23,7 +23,7 @@ BUILDER_SOURCES = [HERE / "tiny_sd.py", ROOT / "localllm" / "images" / "export.p
 
 @pytest.fixture(scope="session")
 def tiny_models(pytestconfig: pytest.Config) -> Path:
-    """``sd/`` and ``sdxl/``: diffusers ONNX layout folders of tiny pipelines, built once per builder version."""
+    """``sd/``, ``sdxl/``, ``sd-opset17/``: diffusers ONNX folders of tiny pipelines, built once per builder version."""
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in BUILDER_SOURCES)).hexdigest()[:16]
     folder = pytestconfig.cache.mkdir(f"tiny-sd-{digest}")
     done = folder / "built"
@@ -31,8 +31,8 @@ def tiny_models(pytestconfig: pytest.Config) -> Path:
         staging = folder.with_name(folder.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         # a child process: torch and diffusers stay out of the test process's memory
-        subprocess.run([sys.executable, str(HERE / "tiny_sd.py"), str(staging / "sd"), str(staging / "sdxl")],
-                       check=True, cwd=ROOT, capture_output=True)
+        subprocess.run([sys.executable, str(HERE / "tiny_sd.py"), str(staging)], check=True, cwd=ROOT,
+                       capture_output=True)
         shutil.rmtree(folder)
         staging.rename(folder)
         (folder / "built").touch()

@@ -102,3 +102,23 @@ def test_uint8_skip_connections(tiny_sd: Path, converted, rng: np.random.Generat
     err = np.abs(approx - want).max() / np.abs(want).max()
     assert 0 < err < 0.05
     assert packed.stats.peak_activation_bytes < plain.stats.peak_activation_bytes
+
+
+@pytest.mark.parametrize("component", ["text_encoder", "unet", "vae_decoder"])
+def test_opset17_export_matches_onnxruntime(tiny_models: Path, component: str, rng: np.random.Generator,
+                                            tmp_path: Path) -> None:
+    """Opset 17 exports LayerNorm as LayerNormalization: the same components still match."""
+    from localllm.images.convert import convert_model
+
+    src = tiny_models / "sd-opset17"
+    shapes = {"text_encoder": {"input_ids": (1, 77)}, "vae_decoder": {"latent_sample": (1, 4, 8, 8)},
+              "unet": {"sample": (2, 4, 8, 8), "timestep": (2,), "encoder_hidden_states": (2, 77, 32)}}
+    graph = StreamGraph.load(convert_model(src / component / "model.onnx", tmp_path / component, shapes[component]))
+    if component != "vae_decoder":
+        assert "LayerNormalization" in {op.type for op in graph.ops}
+    feeds = feeds_for(component, graph, rng)
+    want = reference(src, component, feeds)
+    with Engine(graph, "prefetch") as engine:
+        got = engine.run(feeds)
+    for name in want:
+        assert np.abs(got[name] - want[name]).max() <= 1e-4, name

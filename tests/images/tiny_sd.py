@@ -2,8 +2,8 @@
 
 A CLIP BPE vocabulary trained on a few sentences (bytes, ``</w>`` forms, a few hundred merges,
 the two special tokens), a CLIP text encoder, an SD-1.5-shaped UNet and VAE decoder with small
-channel counts, exported with ``torch.onnx.export(..., dynamo=False)``. Run as a script to build
-into a folder: ``python tests/images/tiny_sd.py OUT``.
+channel counts, exported with ``torch.onnx.export(..., dynamo=False)``; the same in SDXL's shape.
+Run as a script to build them all under a folder: ``python tests/images/tiny_sd.py OUT``.
 """
 
 from __future__ import annotations
@@ -75,15 +75,15 @@ def train_bpe(text: str, merges: int = 200) -> tuple[dict[str, int], list[str]]:
     return {tok: i for i, tok in enumerate(vocab)}, rules
 
 
-def build(out: Path) -> Path:
+def build(out: Path, opset: int = 14) -> Path:
     vocab, merges = train_bpe(CORPUS)
     merges_txt = "#version: 0.2\n" + "\n".join(merges) + "\n"
     export.write_layout(out, SCHEDULER, {"vocab.json": json.dumps(vocab).encode(), "merges.txt": merges_txt.encode()})
     text = {**TEXT, "vocab_size": len(vocab), "bos_token_id": vocab["<|startoftext|>"],
             "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": vocab["<|endoftext|>"]}
-    export.export_text_encoder(text, out / "text_encoder", seed=1)
-    export.export_unet(UNET, out / "unet", seed=2, latent=LATENT)
-    export.export_vae_decoder(VAE, out / "vae_decoder", seed=3, latent=LATENT)
+    export.export_text_encoder(text, out / "text_encoder", seed=1, opset=opset)
+    export.export_unet(UNET, out / "unet", seed=2, latent=LATENT, opset=opset)
+    export.export_vae_decoder(VAE, out / "vae_decoder", seed=3, latent=LATENT, opset=opset)
     return out
 
 
@@ -113,7 +113,8 @@ def build_sdxl(out: Path) -> Path:
     return out
 
 
-if __name__ == "__main__":
-    build(Path(sys.argv[1]))
-    if len(sys.argv) > 2:
-        build_sdxl(Path(sys.argv[2]))
+if __name__ == "__main__":  # tiny_sd.py ROOT: ROOT/sd, ROOT/sdxl, ROOT/sd-opset17
+    root = Path(sys.argv[1])
+    build(root / "sd")
+    build_sdxl(root / "sdxl")
+    build(root / "sd-opset17", opset=17)  # LayerNormalization instead of its decomposition
