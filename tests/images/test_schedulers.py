@@ -68,3 +68,12 @@ def test_matches_diffusers(name: str, spacing: str, steps: int, monkeypatch: pyt
 def test_unknown_scheduler_names_the_choices() -> None:
     with pytest.raises(ValueError, match="euler_a"):
         make_scheduler(SD15_SCHEDULER, "heun", 10)
+
+
+@pytest.mark.parametrize("name", list(DIFFUSERS))
+def test_v_prediction_matches_diffusers(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SD 2.x's 768 models predict v, not the noise."""
+    config = {**SD15_SCHEDULER, "clip_sample": False, "prediction_type": "v_prediction", "timestep_spacing": "leading"}
+    want = diffusers_loop(name, config, 6, seed=3, monkeypatch=monkeypatch)
+    got = our_loop(name, config, 6, seed=3)
+    assert np.abs(got - want).max() <= 2e-4 * max(1.0, float(np.abs(want).max())), name
