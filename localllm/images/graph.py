@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from localllm.errors import InvalidModelFile, UnsupportedInput
+from localllm.errors import InvalidModelFile, UnsupportedInput, UnsupportedOperator
 from localllm.images import ops
 from localllm.images.layout import ONNX_DTYPES, OpSpec, StreamGraph, ValueInfo
 
@@ -99,7 +99,7 @@ def _infer(node_type: str, inputs: list[Value | None], attrs: dict[str, Any], n_
         pt, pl, pb, pr = attrs.get("pads", [0, 0, 0, 0])
         dh, dw = attrs.get("dilations", [1, 1])
         if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
-            raise UnsupportedInput(f"Conv node {name!r}: auto_pad is not supported; export with explicit pads")
+            raise UnsupportedOperator(f"Conv node {name!r}: auto_pad is not supported; export with explicit pads")
         return [((n, cout, (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1),
                  first.dtype)]
     # cheap data movement and small ops: run them on zeros of the right shapes
@@ -158,7 +158,7 @@ def convert(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]],
             alias[node.output[0]] = in_names[0]
             continue
         if node.op_type not in ops.OPS:
-            raise ops.UnsupportedOp(f"operator {node.op_type} (node {name!r}) is not supported by the image engine")
+            raise UnsupportedOperator(f"operator {node.op_type} (node {name!r}) is not supported by the image engine")
         if node.op_type == "Shape" and args[0] is not None:
             dims = np.array(args[0].shape, dtype=np.int64)[attrs.get("start", 0):attrs.get("end")]
             values[node.output[0]] = Value(dims.shape, dims.dtype, dims)

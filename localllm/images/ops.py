@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from localllm.errors import UnsupportedInput
+from localllm.errors import UnsupportedOperator
 from localllm.images import threads
 from localllm.images.layout import ONNX_DTYPES
 from localllm.images.quant import Packed
@@ -36,10 +36,6 @@ def op(*names: str) -> Callable[[OpFn], OpFn]:
         return fn
 
     return register
-
-
-class UnsupportedOp(UnsupportedInput):
-    pass
 
 
 # ---------------------------------------------------------------- elementwise
@@ -378,9 +374,9 @@ def resize(x: list[Any], a: dict[str, Any]) -> list[Array]:
     elif scales is not None:
         out_shape = [int(np.floor(d * s)) for d, s in zip(data.shape, scales, strict=True)]
     else:
-        raise UnsupportedOp("Resize without scales or sizes is not supported")
+        raise UnsupportedOperator("Resize without scales or sizes is not supported")
     if mode != "nearest":
-        raise UnsupportedOp(f"Resize mode {mode!r} is not supported (only nearest)")
+        raise UnsupportedOperator(f"Resize mode {mode!r} is not supported (only nearest)")
     out = data
     for ax, (n_in, n_out) in enumerate(zip(data.shape, out_shape, strict=True)):
         if n_in == n_out:
@@ -602,7 +598,7 @@ def conv(x: list[Any], a: dict[str, Any]) -> list[Array]:
     data, weight = x[0], x[1]
     bias = x[2] if len(x) > 2 else None
     if data.ndim != 4:
-        raise UnsupportedOp(f"Conv on a {data.ndim}-d input is not supported (only 2-d images)")
+        raise UnsupportedOperator(f"Conv on a {data.ndim}-d input is not supported (only 2-d images)")
     args = (_pairs(a, "strides", 1, 2), _pairs(a, "pads", 0, 4), _pairs(a, "dilations", 1, 2))
     budget = a.get("_budget", CONV_BUDGET)
     group = int(a.get("group", 1))
@@ -697,5 +693,5 @@ def _banded(x: Array, w: Array, b: Array | None, out: Array, kernel: tuple[int, 
 def run_op(op_type: str, inputs: list[Any], attrs: dict[str, Any], node: str = "") -> list[Array]:
     fn = OPS.get(op_type)
     if fn is None:
-        raise UnsupportedOp(f"operator {op_type} (node {node!r}) is not supported by the image engine")
+        raise UnsupportedOperator(f"operator {op_type} (node {node!r}) is not supported by the image engine")
     return [o if isinstance(o, np.ndarray) else np.asarray(o) for o in fn(inputs, attrs)]

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from localllm.errors import InvalidModelFile, UnsupportedInput
+from localllm.errors import InvalidModelFile, UnsupportedInput, UnsupportedOperator
 from localllm.images import ops
 from localllm.images.convert import convert_model
 from localllm.images.engine import Engine, fuse_attention
@@ -93,7 +93,7 @@ def tiny_model(tmp_path: Path, op_type: str) -> Path:
 
 
 def test_unsupported_op_names_op_and_node(tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedInput, match=r"Hardmax.*my_odd_node"):
+    with pytest.raises(UnsupportedOperator, match=r"Hardmax.*my_odd_node"):
         convert_model(tiny_model(tmp_path, "Hardmax"), tmp_path / "out", {"x": (2, 4)})
 
 
