@@ -1,7 +1,7 @@
 """The streaming image engine against onnxruntime on full-size SD 1.5 graphs (random weights).
 
     .venv/bin/python bench/diffusion.py [--cache ~/.cache/localllm-bench] [--steps 4]
-        [--precisions fp32,fp16,uint8] [--providers disk,prefetch,ram] [--only text,unet,vae,image]
+        [--precisions fp32,fp16,uint8] [--providers disk,prefetch,ram] [--only text,unet,vae,vaetiled,image]
         [--vae-providers prefetch] [--image-runs fp16:prefetch,uint8:prefetch,fp16:disk]
 
 Once, into the cache (outside the repo): SD 1.5's text encoder (123M), UNet (860M) and VAE decoder
@@ -11,7 +11,7 @@ for guidance, and the VAE decoder in 24×24-latent tiles; for the component figu
 batch 2 and the VAE decoder whole, as onnxruntime runs them). Then every measurement runs in a
 fresh process, onnxruntime's (default CPU session) side by side with ours in the same run: peak
 RSS (ru_maxrss) and wall time of the text encoder, one UNet step at 512×512 with batch 2
-(guidance), the VAE decode, and a whole 512×512 image.
+(guidance), the VAE decode (whole, and in the image's blended tiles), and a whole 512×512 image.
 A component's first run and a second, warm one are both timed. Prints a table and the ratios.
 Goals: the whole image in <= 300 MB peak RSS (fp16 or uint8), a UNet step <= 2.0x onnxruntime.
 """
@@ -126,6 +126,7 @@ def worker(cache: Path, engine: str, task: str, precision: str, provider: str, s
     if engine == "ort":
         import onnxruntime as ort
 
+        task = "vae" if task == "vaetiled" else task  # onnxruntime decodes whole
         if task == "image":
             return ort_image(cache / "sd15-onnx", steps)
         session = ort.InferenceSession(str(cache / "sd15-onnx" / COMPONENT[task] / "model.onnx"),
@@ -140,6 +141,17 @@ def worker(cache: Path, engine: str, task: str, precision: str, provider: str, s
     from localllm.images.layout import StreamGraph
 
     folder = cache / f"sd15-{precision}"
+    if task == "vaetiled":  # the image's decoder: 4 x 4 blended tiles of 24 x 24 latents
+        from localllm.images.pipeline import StableDiffusion
+
+        sd = StableDiffusion(folder, provider)
+        latents = inputs_for("vae")["latent_sample"] * np.float32(0.18215)
+        for _ in range(runs):
+            start = time.perf_counter()
+            sd.decode(latents)
+            times.append(time.perf_counter() - start)
+        return {"times": times, "peak_rss_mb": peak_rss_mb(),
+                "engine_peak_mb": sd.peak_bytes["vae_decoder"] / 1e6}
     if task == "image":
         from localllm.images.pipeline import StableDiffusion
 
@@ -204,7 +216,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="UNet steps of the whole image (both engines)")
     parser.add_argument("--precisions", default="fp32,fp16,uint8")
     parser.add_argument("--providers", default="disk,prefetch,ram")
-    parser.add_argument("--only", default="text,unet,vae,image")
+    parser.add_argument("--only", default="text,unet,vae,vaetiled,image")
     parser.add_argument("--vae-providers", default="prefetch", help="providers for the (slow) whole VAE decode")
     parser.add_argument("--image-runs", default="fp16:prefetch,uint8:prefetch,fp16:disk",
                         help="precision:provider pairs for the whole image")
@@ -243,7 +255,7 @@ def main() -> None:
         if task == "image":
             combos = [tuple(pair.split(":")) for pair in args.image_runs.split(",")]
         else:
-            chosen = args.vae_providers.split(",") if task == "vae" else providers
+            chosen = args.vae_providers.split(",") if task.startswith("vae") else providers
             combos = [(precision, provider) for precision in precisions for provider in chosen]
         for precision, provider in combos:
             result = measure(args.cache, "ours", task, precision, provider, args.steps,
