@@ -11,6 +11,7 @@ server maps each class to an HTTP status in one place (``server/errors.py``)::
     │   ├── AmbiguousFile              400  a Hub repo with several files and no way to choose
     │   ├── TemplateError              400  a prompt template that does not parse or render
     │   ├── UnsupportedInput           400  e.g. images for a model without vision, tools without a template for them
+    │   │   └── UnsupportedOperator    400  an ONNX graph uses an operator (or variant) the image engine lacks
     │   └── ContextLengthExceeded      400  a prompt longer than the loaded context
     ├── Unauthorized                   401  LOCALLLM_API_KEY is set and the request lacks it
     ├── NotFound                       404
@@ -72,6 +73,10 @@ class TemplateError(InvalidRequest):
 
 class UnsupportedInput(InvalidRequest):
     pass
+
+
+class UnsupportedOperator(UnsupportedInput):
+    """An ONNX model needs an operator, or an attribute of one, that localllm.images does not implement."""
 
 
 class ContextLengthExceeded(InvalidRequest):
