@@ -9,6 +9,7 @@ are plain matrix products. ``Attention`` is the fused ``MatMul → (Mul|Div) →
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -177,18 +178,12 @@ def gelu(x: list[Any], a: dict[str, Any]) -> list[Array]:
 
 @op("Max")
 def maximum(x: list[Any], a: dict[str, Any]) -> list[Array]:
-    out = x[0]
-    for v in x[1:]:
-        out = np.maximum(out, v)
-    return [out]
+    return [functools.reduce(np.maximum, x)]
 
 
 @op("Min")
 def minimum(x: list[Any], a: dict[str, Any]) -> list[Array]:
-    out = x[0]
-    for v in x[1:]:
-        out = np.minimum(out, v)
-    return [out]
+    return [functools.reduce(np.minimum, x)]
 
 
 @op("Where")

@@ -22,10 +22,12 @@ BUILDER_SOURCES = [HERE / "tiny_sd.py", ROOT / "localllm" / "images" / "export.p
 
 
 @pytest.fixture(scope="session")
-def tiny_models(pytestconfig: pytest.Config) -> Path:
-    """``sd/``, ``sdxl/``, ``sd-opset17/``: diffusers ONNX folders of tiny pipelines, built once per builder version."""
+def tiny_models(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``sd/``, ``sdxl/``, ``sd-opset17/``: diffusers ONNX folders of tiny pipelines, built once per builder version
+    (kept in pytest's cache between runs; in a temporary folder when the cache is switched off)."""
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in BUILDER_SOURCES)).hexdigest()[:16]
-    folder = pytestconfig.cache.mkdir(f"tiny-sd-{digest}")
+    cache = getattr(pytestconfig, "cache", None)
+    folder = cache.mkdir(f"tiny-sd-{digest}") if cache else tmp_path_factory.mktemp(f"tiny-sd-{digest}")
     done = folder / "built"
     if not done.exists():
         staging = folder.with_name(folder.name + ".partial")
