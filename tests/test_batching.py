@@ -122,15 +122,10 @@ def test_queue_overflow_is_503_and_waiting_requests_go_in_order(make_daemon, gem
     server = make_daemon(LOCALLLM_NUM_PARALLEL="1", LOCALLLM_MAX_QUEUE="2").start()
     assert pull_events(server, model)[-1] == {"status": "success"}
     generate(server, model, "load", num_predict=1, num_ctx=8192)
-    release = threading.Event()
     order: list[str] = []
 
-    def hold_the_slot() -> None:
-        body = {"model": model, "prompt": "long", "raw": True, "options": {"num_predict": 100000, "num_ctx": 8192}}
-        with server.client() as http, http.stream("POST", "/api/generate", json=body) as response:
-            for _ in response.iter_lines():
-                if release.is_set():
-                    break
+    def hold_the_slot() -> None:  # seconds of prompt reading: the slot is surely taken meanwhile
+        generate(server, model, "word " * 6000, num_predict=2, num_ctx=8192)
 
     def queued(name: str) -> None:
         generate(server, model, name, num_predict=2, num_ctx=8192)
@@ -148,8 +143,7 @@ def test_queue_overflow_is_503_and_waiting_requests_go_in_order(make_daemon, gem
         busy_v1 = http.post("/v1/completions", json={"model": model, "prompt": "x"})
     assert busy.status_code == 503 and busy.headers["retry-after"]
     assert busy_v1.status_code == 503 and busy_v1.json()["error"]["code"] == "server_overloaded"
-    release.set()
-    holder.join(60)
+    holder.join(120)
     for thread in waiting:
         thread.join(60)
     assert order == ["first", "second"]
