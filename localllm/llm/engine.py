@@ -102,6 +102,11 @@ class BatchEngine:
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
         params.n_seq_max = n_parallel
+        # Logits are kept for this many rows of a batch: one per sequence, or a chunk of a prompt being
+        # scored. llama.cpp's default (every row of n_batch) reserves n_batch x vocabulary floats, 512 MiB
+        # for Gemma's 262k tokens.
+        self.n_outputs = max(32, 2 * n_parallel)
+        params.n_outputs_max = self.n_outputs
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         # A KV stream per sequence: its cells stay contiguous whoever else runs, so attention adds its
@@ -276,12 +281,13 @@ class BatchEngine:
     def _fill(self, slots: list[Slot]) -> None:
         """Decoding sequences first (one token each), then prompt chunks in arrival order."""
         batch, room = self.batch, self.n_batch
-        count = 0
+        count = outputs = 0
         self._in_batch = []
         self._step_record = {}
 
         def add(slot: Slot, token: int, wants_logits: bool) -> None:
-            nonlocal count
+            nonlocal count, outputs
+            outputs += wants_logits
             batch.token[count] = token
             batch.pos[count] = slot.n_past
             batch.n_seq_id[count] = 1
@@ -303,10 +309,14 @@ class BatchEngine:
         for slot in sorted(slots, key=lambda s: s.job.arrived_ns):
             if not slot.pending or room <= 0:
                 continue
+            scoring = slot.job.score_only
+            # every scored row is an output; keep one for each other sequence's last prompt token
+            take = min(room, self.n_outputs - outputs - len(slots)) if scoring else room
+            if take <= 0:
+                continue
             self._step_record[slot.seq] = (slot.n_past, False, count)
             self._in_batch.append(slot)
-            chunk, slot.pending = slot.pending[:room], slot.pending[room:]
-            scoring = slot.job.score_only
+            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             for index, token in enumerate(chunk):
                 last = index == len(chunk) - 1 and not slot.pending
                 add(slot, token, scoring or last)

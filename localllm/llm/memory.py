@@ -36,7 +36,7 @@ def kv_bytes_per_token(info: GGUFInfo) -> int:
 
 def estimate(info: GGUFInfo, weights_bytes: int, context_cells: int, n_batch: int) -> int:
     vocab = info.array_lengths.get("tokenizer.ggml.tokens", 32000)
-    logits = n_batch * vocab * 4 // 8  # outputs for a fraction of a batch (prefill asks for one per sequence)
+    logits = 64 * vocab * 4  # the logits rows kept per batch (engine.py: n_outputs)
     return weights_bytes + kv_bytes_per_token(info) * context_cells + logits + OVERHEAD
 
 
