@@ -102,13 +102,19 @@ def _sigmoid_into(x: Array, out: Array) -> None:
     np.reciprocal(out, out=out)
 
 
-@op("Sigmoid")
-def sigmoid(x: list[Any], a: dict[str, Any]) -> list[Array]:
-    v = x[0]
-    out = a.get("_out")
-    if out is None:
-        out = np.empty(v.shape, dtype=v.dtype)
-    return [threads.elementwise(_sigmoid_into, v, out)]
+def _threaded(kernel: Callable[[Array, Array], None]) -> OpFn:
+    """A one-input elementwise op split over the worker threads, writing into its input (``_out``) when
+    that dies here, else into a new array."""
+
+    def run(x: list[Any], a: dict[str, Any]) -> list[Array]:
+        v = x[0]
+        out = a.get("_out")
+        return [threads.elementwise(kernel, v, out if out is not None else np.empty(v.shape, dtype=v.dtype))]
+
+    return run
+
+
+OPS["Sigmoid"] = _threaded(_sigmoid_into)
 
 
 def _silu_into(x: Array, out: Array) -> None:
@@ -118,14 +124,7 @@ def _silu_into(x: Array, out: Array) -> None:
     np.divide(x, s, out=out)
 
 
-@op("Silu")
-def silu(x: list[Any], a: dict[str, Any]) -> list[Array]:
-    """x · sigmoid(x), fused from Sigmoid → Mul; may overwrite its input (``_out``) when that dies here."""
-    v = x[0]
-    out = a.get("_out")
-    if out is None:
-        out = np.empty(v.shape, dtype=v.dtype)
-    return [threads.elementwise(_silu_into, v, out)]
+OPS["Silu"] = _threaded(_silu_into)  # x · sigmoid(x), fused from Sigmoid → Mul
 
 
 @op("Relu")
