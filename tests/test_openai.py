@@ -139,6 +139,9 @@ def test_several_choices_are_reproducible_by_seed_and_differ(client: openai.Open
     first = ask()
     assert ask() == first
     assert len(set(first)) > 1
+    unseeded = client.chat.completions.create(model=GEMMA, messages=HELLO, n=3, max_tokens=6, temperature=1.2)
+    assert [c.index for c in unseeded.choices] == [0, 1, 2]  # decoded side by side, answered in order
+    assert 3 <= unseeded.usage.completion_tokens <= 18
 
 
 def test_stop_sequences_cut_the_answer(client: openai.OpenAI) -> None:

@@ -30,7 +30,7 @@ from ..llm.prompts import chat_tokens, generate_tokens, to_tokens
 from ..llm.runner import LlamaRunner, Piece, TokenLogprob
 from ..llm.scheduler import ModelFacts, Scheduler
 from ..names import MODEL_NAME_PATTERN, ModelName
-from .errors import error_of
+from .errors import error_of, openai_error
 from .openai_convert import (
     logit_bias_of,
     options_of,
@@ -78,12 +78,15 @@ def _finish_reason(outcome: Outcome) -> str:
     return "length" if outcome.reason == "length" else "stop"
 
 
-async def _choices(count: int, start: Callable[[int], AsyncIterator[Piece | Outcome]]) -> Events:
-    """``n`` choices generated side by side (the engine batches them), each event tagged with its index."""
-    if count == 1:
-        async with aclosing(start(0)) as events:
-            async for item in events:
-                yield 0, item
+async def _choices(count: int, start: Callable[[int], AsyncIterator[Piece | Outcome]], *, together: bool) -> Events:
+    """``n`` choices, each event tagged with its index: side by side (the engine batches them), or one after
+    another when ``together`` is false. A seeded request takes the latter: what else shares a batch changes
+    the logits' last bits, and a seed promises the same answers."""
+    if count == 1 or not together:
+        for index in range(count):
+            async with aclosing(start(index)) as events:
+                async for item in events:
+                    yield index, item
         return
     queue: asyncio.Queue[tuple[int, Piece | Outcome | BaseException | None]] = asyncio.Queue()
 
@@ -143,9 +146,8 @@ def _sse(request: Request, chunks: AsyncIterator[dict[str, Any]]) -> Response:
             yield b"data: " + json.dumps(error_of(request.url.path, exc)).encode() + b"\n\n"
         except Exception as exc:
             log.exception("generation failed mid-stream")
-            yield b"data: " + json.dumps({"error": {"message": f"internal error: {type(exc).__name__}",
-                                                    "type": "server_error", "param": None, "code": None}}).encode()
-            yield b"\n\n"
+            body = openai_error(500, f"internal error: {type(exc).__name__}")
+            yield b"data: " + json.dumps(body).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     return ClosingStreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -243,7 +245,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         )
 
     try:
-        events = await _primed(request, _choices(body.n, start), "messages")
+        events = await _primed(request, _choices(body.n, start, together=body.seed is None), "messages")
     except ClientGone:
         return Response(status_code=499)
     reply = _ChatReply(body, logprobs is not None)
@@ -369,7 +371,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                 scores[index] = scored
 
     try:
-        events = await _primed(request, _choices(len(prompts) * body.n, start), "prompt")
+        events = await _primed(request, _choices(len(prompts) * body.n, start, together=body.seed is None), "prompt")
     except ClientGone:
         return Response(status_code=499)
     reply = _CompletionReply(body, echoes, scores)
