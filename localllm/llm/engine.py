@@ -19,7 +19,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -29,8 +28,9 @@ from dataclasses import dataclass, field
 import llama_cpp
 import numpy as np
 
-from ..errors import ContextLengthExceeded, InvalidRequest, LocalLLMError, ServerBusy
-from .requests import CompletionRequest, Finished, Piece, Sampling, StopMatcher, TokenLogprob
+from ..errors import ContextLengthExceeded, LocalLLMError, ServerBusy
+from .requests import CompletionRequest, Finished, Piece, StopMatcher, TokenLogprob
+from .sampling import TokenSampler
 
 log = logging.getLogger(__name__)
 Emit = Callable[[object], None]
@@ -56,7 +56,7 @@ class Slot:
         self.job: Job | None = None
         self.pending: list[int] = []  # prompt tokens not yet decoded
         self.next_token: int | None = None  # sampled, to be decoded next
-        self.sampler = None
+        self.sampler: TokenSampler | None = None
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stopper = StopMatcher([])
         self.output: list[int] = []
@@ -241,7 +241,7 @@ class BatchEngine:
         slot.stopper = StopMatcher(request.stop)
         slot.logprobs = [] if request.logprobs is not None else None
         if not job.score_only:
-            slot.sampler = self._sampler(request)
+            slot.sampler = TokenSampler(request, vocab=self.vocab, n_vocab=self.n_vocab, n_ctx=self.n_ctx)
         if job.score_only and prompt:
             first = self._piece(prompt[0])
             slot.scores = [TokenLogprob(first.decode("utf-8", errors="replace"), first, None)]
@@ -365,11 +365,7 @@ class BatchEngine:
 
     def _sample(self, slot: Slot) -> None:
         job, request = slot.job, slot.job.request
-        if slot.sampler is None:  # plain greedy: an argmax over the row, without building llama.cpp's candidates
-            row = llama_cpp.llama_get_logits_ith(self.ctx, slot.batch_index)
-            token = int(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).argmax())
-        else:
-            token = llama_cpp.llama_sampler_sample(slot.sampler, self.ctx, slot.batch_index)
+        token = slot.sampler.sample(self.ctx, slot.batch_index)
         now = time.perf_counter_ns()
         if self.on_token is not None:
             since = slot.last_token_ns or job.arrived_ns
@@ -445,53 +441,8 @@ class BatchEngine:
 
     def _free_sampler(self, slot: Slot) -> None:
         if slot.sampler is not None:
-            llama_cpp.llama_sampler_free(slot.sampler)
+            slot.sampler.close()
             slot.sampler = None
-
-    def _sampler(self, request: CompletionRequest):
-        """The request's own chain, in llama.cpp's usual order: bias, penalties, grammar, then choice.
-        None for plain greedy decoding, which needs no chain."""
-        s: Sampling = request.sampling
-        penalized = s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty
-        if s.temperature <= 0 and not (request.logit_bias or penalized or request.grammar):
-            return None
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        add = lambda sampler: llama_cpp.llama_sampler_chain_add(chain, sampler)  # noqa: E731
-        if request.logit_bias:
-            biases = (llama_cpp.llama_logit_bias * len(request.logit_bias))(*[
-                llama_cpp.llama_logit_bias(token, float("-inf") if bias <= -100 else bias)
-                for token, bias in request.logit_bias.items()
-            ])
-            add(llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(request.logit_bias), biases))
-        if penalized:
-            last_n = s.repeat_last_n if s.repeat_last_n >= 0 else self.n_ctx
-            add(llama_cpp.llama_sampler_init_penalties(
-                self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
-            ))
-        if request.grammar:
-            grammar = llama_cpp.llama_sampler_init_grammar(self.vocab, request.grammar.encode(), b"root")
-            if not grammar:
-                llama_cpp.llama_sampler_free(chain)
-                raise InvalidRequest("the output grammar could not be compiled", param="response_format")
-            add(grammar)
-        seed = s.seed % 2**32 if s.seed >= 0 else random.randrange(2**31)
-        if s.temperature <= 0:
-            add(llama_cpp.llama_sampler_init_greedy())
-        elif s.mirostat == 1:
-            add(llama_cpp.llama_sampler_init_temp(s.temperature))
-            add(llama_cpp.llama_sampler_init_mirostat(self.n_vocab, seed, s.mirostat_tau, s.mirostat_eta, 100))
-        elif s.mirostat == 2:
-            add(llama_cpp.llama_sampler_init_temp(s.temperature))
-            add(llama_cpp.llama_sampler_init_mirostat_v2(seed, s.mirostat_tau, s.mirostat_eta))
-        else:
-            if s.top_k > 0:
-                add(llama_cpp.llama_sampler_init_top_k(s.top_k))
-            add(llama_cpp.llama_sampler_init_typical(s.typical_p, 1))
-            add(llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
-            add(llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
-            add(llama_cpp.llama_sampler_init_temp(s.temperature))
-            add(llama_cpp.llama_sampler_init_dist(seed))
-        return chain
 
     def _piece(self, token: int) -> bytes:
         """The bytes of one token, control tokens included (stop words may be written with them)."""
