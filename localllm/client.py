@@ -114,6 +114,21 @@ class Client:
     def copy(self, source: str, destination: str) -> None:
         self.request("POST", "/api/copy", json={"source": source, "destination": destination})
 
+    def blob_exists(self, digest: str) -> bool:
+        try:
+            response = self._http.head(f"/api/blobs/{digest}")
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc) from exc
+        return response.status_code == 200
+
+    def upload_blob(self, digest: str, chunks: Iterator[bytes]) -> None:
+        """Send a file's bytes; the daemon checks them against ``digest``."""
+        self.request("POST", f"/api/blobs/{digest}", content=chunks)
+
+    def create(self, model: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        """``/api/create`` status events; ``fields``: ``from``, ``files``, ``adapters``, ``template``, ..."""
+        return self.stream("POST", "/api/create", json={"model": model, "stream": True, **_present(fields)})
+
     def delete(self, model: str) -> None:
         self.request("DELETE", "/api/delete", json={"model": model})
 

@@ -15,7 +15,7 @@ import pathlib
 import gguf
 import numpy as np
 
-__all__ = ["TOKENS", "write_split_llama", "write_tiny_llama"]
+__all__ = ["TOKENS", "write_split_llama", "write_tiny_llama", "write_tiny_lora"]
 
 _ARCH = "llama"
 _WORDS = (
@@ -220,3 +220,39 @@ def write_split_llama(
         w.path = paths[0]
     _write(w)
     return paths
+
+
+def write_tiny_lora(
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 1,
+    rank: int = 4,
+    alpha: float = 8.0,
+    n_vocab: int = TOKENS,
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_ff: int = 128,
+    architecture: str = _ARCH,
+) -> pathlib.Path:
+    """Write a LoRA adapter GGUF for ``write_tiny_llama``'s model, as llama.cpp's ``convert_lora_to_gguf``
+    does (``general.type = adapter``, ``adapter.type = lora``, ``*.lora_a``/``*.lora_b`` pairs). Its random
+    deltas are large next to the base's weights, so it changes what the model says."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(path, architecture)
+    w.add_string("general.type", "adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", alpha)
+    rng = np.random.default_rng(seed)
+
+    def pair(name: str, n_out: int, n_in: int) -> None:
+        # ggml shapes: A is [n_in, rank], B is [rank, n_out]; numpy shapes are those reversed
+        w.add_tensor(f"{name}.lora_a", (rng.standard_normal((rank, n_in)) * 0.5).astype(np.float32))
+        w.add_tensor(f"{name}.lora_b", (rng.standard_normal((n_out, rank)) * 0.5).astype(np.float32))
+
+    for i in range(n_layer):
+        pair(f"blk.{i}.attn_q.weight", n_embd, n_embd)
+        pair(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
+    pair("output.weight", n_vocab, n_embd)
+    _write(w)
+    return path

@@ -188,11 +188,25 @@ def test_bye_exits_and_keeps_history(term: Terminal, pulled: Daemon) -> None:
 def test_commands_that_help_or_refuse(term: Terminal) -> None:
     assert "/set" in term.say("/?") and "/bye" in term.say("/help")
     assert term.say("/frobnicate").strip() == "Unknown command '/frobnicate'. Type /? for help"
-    assert "not available yet" in term.say("/save mine")
+    assert "Usage" in term.say("/save")
     assert "Couldn't set parameter" in term.say("/set parameter num_predict many")
     assert "Couldn't set parameter" in term.say("/set parameter flavour sweet")
     assert term.say("/set format json").strip() == "Set format to 'json' mode."
     assert term.say("/unset format").strip() == "Disabled format."
+
+
+def test_save_keeps_the_system_prompt_parameters_and_conversation(term: Terminal, pulled: Daemon) -> None:
+    term.set("system You answer in one word.", "parameter num_predict 4", "parameter temperature 0")
+    first = term.say("Name a colour.").strip()
+    assert term.say("/save one-word").strip() == "Created new model 'one-word'"
+    with pulled.client() as client:
+        shown = client.post("/api/show", json={"model": "one-word"}).json()
+    assert shown["system"] == "You answer in one word."
+    assert "num_predict                    4" in shown["parameters"]
+    assert shown["messages"][0] == {"role": "user", "content": "Name a colour."}
+    assert shown["messages"][1]["role"] == "assistant" and shown["messages"][1]["content"].strip() == first
+    assert "Error" not in term.say("/load one-word")
+    assert "Error" in term.say("/save ../escape")
 
 
 def test_load_switches_model_and_reports_missing_ones(term: Terminal) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -15,6 +16,7 @@ from rich.table import Table
 from .. import __version__
 from ..client import Client
 from ..errors import LocalLLMError
+from .create import create as create_model
 from .progress import show_pull
 from .render import print_model_info
 from .repl import Session, answer_once, ensure_model, run_repl
@@ -165,6 +167,13 @@ def cmd_run(args: argparse.Namespace) -> None:
         answer_once(client, session, prompt)
 
 
+def cmd_create(args: argparse.Namespace) -> None:
+    if args.quantize:
+        raise LocalLLMError("quantizing is not supported: quantize the GGUF with llama.cpp's llama-quantize first")
+    with Client() as client:
+        create_model(client, args.model, Path(args.file), err)
+
+
 def cmd_ps(_args: argparse.Namespace) -> None:
     with Client() as client:
         models = client.ps()
@@ -244,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keepalive", metavar="DURATION", help="How long the model stays loaded, e.g. 10m, 1h, -1")
     run.add_argument("--nowordwrap", action="store_true", help="Don't wrap answers to the terminal width")
     run.set_defaults(func=cmd_run)
+
+    create = commands.add_parser("create", help="Create a model from a Modelfile")
+    create.add_argument("model", help="the new model's name, e.g. my-assistant or me/helper:v1")
+    create.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default: ./Modelfile)")
+    create.add_argument("-q", "--quantize", help="Not supported (quantize with llama.cpp's tools)")
+    create.set_defaults(func=cmd_create)
 
     ps = commands.add_parser("ps", help="List running models")
     ps.set_defaults(func=cmd_ps)

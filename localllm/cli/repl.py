@@ -442,8 +442,20 @@ class Repl:
         self.session.messages.clear()
         return True
 
-    def do_save(self, _args: list[str], _text: str) -> bool:
-        print("Saving a session is not available yet: `localllm create` arrives with Modelfile support.")
+    def do_save(self, args: list[str], _text: str) -> bool:
+        """A new model from this one with the session's system prompt, parameters and conversation."""
+        if len(args) != 1:
+            print("Usage:\n  /save <modelname>")
+            return True
+        session = self.session
+        fields: dict[str, Any] = {"from": session.model, "messages": [dict(m) for m in session.messages]}
+        if session.system is not None:
+            fields["system"] = session.system
+        if session.options:
+            fields["parameters"] = dict(session.options)
+        for _event in self.client.create(args[0], **fields):
+            pass
+        print(f"Created new model '{args[0]}'")
         return True
 
     def do_bye(self, _args: list[str], _text: str) -> bool:

@@ -79,6 +79,21 @@ def with_defaults(facts: ModelFacts, messages: list[dict[str, Any]], system: str
     return result
 
 
+_SAMPLE_CONVERSATION = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Hello!"},
+    {"role": "assistant", "content": "Hi. How can I help?"},
+    {"role": "user", "content": "What is 2 + 2?"},
+]
+
+
+def check_template(source: str) -> None:
+    """Refuse a template that does not parse or cannot render a plain conversation (``create`` calls this,
+    so a bad template fails there, naming its line, and not on the first chat)."""
+    template = SimpleGoTemplate(source) if looks_like_go_template(source) else ChatTemplate.compile(source)
+    template.render(_SAMPLE_CONVERSATION, add_generation_prompt=True)
+
+
 def to_tokens(runner: LlamaRunner, text: str) -> list[int]:
     """Tokenize rendered text; a template that writes the BOS token itself is not given a second one."""
     tokens = runner.tokenize(text, add_bos=False, special=True)

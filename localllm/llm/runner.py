@@ -43,6 +43,7 @@ class LoadConfig:
     embedding: bool = False
     mean_pooling: bool = False  # for models that declare no pooling of their own
     n_parallel: int = 4  # sequences decoded together (LOCALLLM_NUM_PARALLEL)
+    adapters: tuple[Path, ...] = ()  # GGUF LoRA files applied at full strength
 
 
 class LlamaRunner:
@@ -61,6 +62,7 @@ class LlamaRunner:
         self.engine: BatchEngine | None = None
         self.embedder: _Embedder | None = None
         try:
+            adapters = [self._load_adapter(path) for path in config.adapters]
             if config.embedding:
                 self.embedder = _Embedder(self._model, config)
             else:
@@ -69,8 +71,14 @@ class LlamaRunner:
                     self._model, n_ctx=config.n_ctx, n_parallel=config.n_parallel, n_batch=config.n_batch,
                     n_threads=config.n_threads, max_queue=max_queue, on_token=on_token,
                 )
+            if adapters:
+                context = self.engine.ctx if self.engine is not None else self.embedder.context.ctx
+                _apply_adapters(context, adapters)
+        except InvalidModelFile:
+            self.close()
+            raise
         except (ValueError, RuntimeError) as exc:
-            self._model.close()
+            self.close()
             raise InvalidModelFile(f"llama.cpp could not create a context for the model: {exc}") from exc
         self.load_seconds = time.perf_counter() - started
         self.max_queue = max_queue
@@ -116,6 +124,12 @@ class LlamaRunner:
     def eos_text(self) -> str:
         eos = self._model.token_eos()
         return self._model.token_get_text(eos) if eos >= 0 else ""
+
+    def _load_adapter(self, path: Path) -> object:
+        adapter = llama_cpp.llama_adapter_lora_init(self._model.model, str(path).encode())
+        if not adapter:
+            raise InvalidModelFile("llama.cpp could not load the LoRA adapter (is it for this model?)")
+        return adapter
 
     @property
     def bos_token(self) -> int:
@@ -247,6 +261,14 @@ class LlamaRunner:
             yield
         finally:
             self._lock.release()
+
+
+def _apply_adapters(ctx: object, adapters: list[object]) -> None:
+    count = len(adapters)
+    pointers = (llama_cpp.llama_adapter_lora_p_ctypes * count)(*adapters)
+    scales = (ctypes.c_float * count)(*([1.0] * count))
+    if llama_cpp.llama_set_adapters_lora(ctx, pointers, count, scales) != 0:
+        raise InvalidModelFile("llama.cpp could not apply the LoRA adapter(s)")
 
 
 class _Embedder:

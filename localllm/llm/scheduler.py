@@ -125,6 +125,8 @@ class Scheduler:
         cores = default_threads()
         return LoadConfig(
             model_path=self._model_path(facts),
+            adapters=tuple(self.store.blobs.path(layer.digest)
+                           for layer in facts.entry.manifest.layers_of(MediaType.ADAPTER)),
             n_ctx=n_ctx,
             n_batch=options.get("num_batch", 512),
             n_threads=min(options.get("num_thread", 0) or cores, 4 * cores),
@@ -203,7 +205,9 @@ class Scheduler:
             return loaded, runner.load_seconds
 
     def _estimate(self, facts: ModelFacts, config: LoadConfig) -> int:
-        weights = sum(layer.size for layer in facts.entry.manifest.layers_of(MediaType.MODEL))
+        manifest = facts.entry.manifest
+        files = manifest.layers_of(MediaType.MODEL) + manifest.layers_of(MediaType.ADAPTER)
+        weights = sum(layer.size for layer in files)
         return estimate(facts.info, weights, config.n_ctx * config.n_parallel, config.n_batch)
 
     def _fits(self, memory: int) -> bool:

@@ -7,8 +7,10 @@ template behaves here as its author tested it, and cannot reach Python internals
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
+from collections.abc import Iterator
 from datetime import datetime
 from functools import cache, cached_property
 from typing import Any
@@ -17,7 +19,7 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from ..errors import TemplateError
 
@@ -75,11 +77,51 @@ class _GenerationBlocks(Extension):
         return nodes.Scope(body, lineno=lineno)
 
 
+# A template is code from whoever published the model: its loops and its string and list arithmetic are
+# bounded, so a hostile or broken one fails with an error instead of hanging the daemon or eating its memory.
+MAX_LOOP_STEPS = 1_000_000
+MAX_SEQUENCE = 1_000_000
+_loop_steps: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("template_loop_steps", default=None)
+
+
+def _budgeted(iterable: Any) -> Iterator[Any]:
+    """What every ``{% for %}`` iterates: the original items, counted against the render's budget."""
+    counter = _loop_steps.get()
+    for item in iterable:
+        if counter is not None:
+            counter[0] += 1
+            if counter[0] > MAX_LOOP_STEPS:
+                raise SecurityError(f"the template ran more than {MAX_LOOP_STEPS:,} loop steps")
+        yield item
+
+
+def _budget_loops(tree: nodes.Template) -> nodes.Template:
+    for loop in tree.find_all(nodes.For):
+        loop.iter = nodes.Call(nodes.Name("_localllm_budgeted", "load"), [loop.iter], [], None, None,
+                               lineno=loop.lineno)
+    return tree
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if isinstance(sequence, str | list | tuple) and isinstance(times, int):
+                    if len(sequence) * times > MAX_SEQUENCE:
+                        raise SecurityError(f"the template built a sequence longer than {MAX_SEQUENCE:,}")
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
+            raise SecurityError("the template raised a number to a power above 100")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _GenerationBlocks]
     )
     env.globals["raise_exception"] = _raise_exception
+    env.globals["_localllm_budgeted"] = _budgeted
     env.globals["strftime_now"] = _strftime_now
     env.filters["tojson"] = _tojson
     return env
@@ -100,7 +142,7 @@ class ChatTemplate:
     @classmethod
     def compile(cls, source: str, *, bos_token: str = "", eos_token: str = "") -> ChatTemplate:
         try:
-            template = _ENV.from_string(source)
+            template = _ENV.from_string(_budget_loops(_ENV.parse(source)))
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(_syntax_message(source, exc)) from exc
         except Exception as exc:  # e.g. RecursionError on absurdly nested source
@@ -124,12 +166,15 @@ class ChatTemplate:
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
         }
+        token = _loop_steps.set([0])
         try:
             return self._template.render(context)
         except _Raised as exc:
             raise TemplateError(f"the chat template rejected the messages: {exc}") from exc
         except Exception as exc:  # anything a template does wrong (type errors, sandbox refusals) is a bad template
             raise TemplateError(_render_message(exc)) from exc
+        finally:
+            _loop_steps.reset(token)
 
     @cached_property
     def supports_tools(self) -> bool:

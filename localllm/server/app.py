@@ -16,6 +16,7 @@ from ..config import Settings, get_settings, is_loopback_host
 from ..llm.options import parse_keep_alive
 from ..llm.scheduler import Scheduler
 from ..metrics import Metrics
+from ..modelfile.create import ModelCreator
 from ..store.models import ModelStore
 from ..store.registry import Puller
 from . import ollama_api, ollama_inference, openai_api
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.puller = Puller(store, settings)
+    app.state.creator = ModelCreator(store, app.state.puller)
     app.state.scheduler = scheduler
     app.state.metrics = metrics
     install_error_handlers(app)

@@ -9,12 +9,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
+from ..errors import InvalidRequest
+from ..modelfile.create import CreateSpec, ModelCreator, spec_from_modelfile
 from ..names import ModelName
 from ..store.blobs import DIGEST_PATTERN, parse_digest
 from ..store.describe import list_entry, show
 from ..store.models import ModelStore
 from ..store.registry import Puller
-from .schemas import CopyRequest, DeleteRequest, PullRequest, ShowRequest
+from .schemas import CopyRequest, CreateRequest, DeleteRequest, PullRequest, ShowRequest
 from .streaming import ClosingStreamingResponse, Event, events_from_thread, ndjson
 
 router = APIRouter()
@@ -79,6 +81,28 @@ async def pull(body: PullRequest, request: Request) -> Response:
             yield event
 
     return ClosingStreamingResponse(ndjson(events()), media_type=NDJSON)
+
+
+@router.post("/api/create")
+async def create(body: CreateRequest, request: Request) -> Response:
+    name = ModelName.parse(body.model)
+    if body.quantize:
+        raise InvalidRequest("quantizing is not supported: quantize the GGUF with llama.cpp's llama-quantize, "
+                             "then create from the result", param="quantize")
+    if body.modelfile is not None:
+        spec = spec_from_modelfile(name, body.modelfile)
+    else:
+        licenses = [body.license] if isinstance(body.license, str) else body.license
+        spec = CreateSpec(name=name, model_from=body.from_, files=body.files or {}, adapters=body.adapters or {},
+                          template=body.template, system=body.system, licenses=licenses,
+                          parameters=body.parameters or {}, messages=body.messages)
+    creator: ModelCreator = request.app.state.creator
+    prepared = await run_in_threadpool(creator.prepare, spec)  # a bad request is a 4xx, not a line in a stream
+    if not body.stream:
+        await run_in_threadpool(creator.create, prepared, lambda _event: None)
+        return JSONResponse({"status": "success"})
+    return ClosingStreamingResponse(ndjson(events_from_thread(lambda emit: creator.create(prepared, emit))),
+                                    media_type=NDJSON)
 
 
 @router.delete("/api/delete")

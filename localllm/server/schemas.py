@@ -45,6 +45,25 @@ class DeleteRequest(_Named):
     pass
 
 
+class CreateRequest(_Named):
+    """Ollama's current form (``from``, ``files``, ...) or the older ``modelfile`` text."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True,
+                              json_schema_extra=_Named.model_config["json_schema_extra"])
+
+    from_: str | None = Field(default=None, alias="from", description="The model to start from")
+    files: dict[str, str] | None = Field(default=None, description="GGUF file name -> digest of an uploaded blob")
+    adapters: dict[str, str] | None = Field(default=None, description="LoRA file name -> digest of an uploaded blob")
+    template: str | None = None
+    system: str | None = None
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[dict[str, Any]] | None = None
+    modelfile: str | None = Field(default=None, description="Older clients: the Modelfile's text")
+    quantize: str | None = Field(default=None, description="Not supported: quantize with llama.cpp's tools")
+    stream: bool = True
+
+
 class CopyRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
