@@ -7,7 +7,6 @@ import pytest
 from localllm.modelfile.parameters import typed_parameters
 from localllm.modelfile.parser import ModelfileError, parse_modelfile
 
-
 FULL = '''# A persona, written the way Ollama's docs show it
 FROM gemma3:270m
 parameter temperature 0.4

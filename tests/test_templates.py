@@ -13,7 +13,6 @@ from localllm.llm.templates import (
     ChatTemplate,
     fallback_template,
     looks_like_go_template,
-    render_simple_go_template,
 )
 
 CATALOG = Path(localllm.__file__).parent / "store" / "catalog_data"
@@ -371,79 +370,15 @@ def test_jinja_templates_are_not_go(source: str) -> None:
     assert not looks_like_go_template(source)
 
 
-OLD_CHATML = """{{ if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
-{{ end }}{{ if .Prompt }}<|im_start|>user
-{{ .Prompt }}<|im_end|>
-{{ end }}<|im_start|>assistant
-{{ .Response }}<|im_end|>
-"""
-
-
-def test_go_fields_and_if() -> None:
-    assert render_simple_go_template(OLD_CHATML, system="S", prompt="P") == (
-        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nP<|im_end|>\n<|im_start|>assistant\n"
-    )
-    assert render_simple_go_template(OLD_CHATML, system="", prompt="P") == (
-        "<|im_start|>user\nP<|im_end|>\n<|im_start|>assistant\n"
-    )
-
-
-def test_go_response_of_a_past_turn_renders_in_full() -> None:
-    assert render_simple_go_template(OLD_CHATML, system="", prompt="P", response="R") == (
-        "<|im_start|>user\nP<|im_end|>\n<|im_start|>assistant\nR<|im_end|>\n"
-    )
-
-
-def test_go_output_stops_at_the_response_whatever_branch_follows() -> None:
-    source = "{{ .Prompt }}{{ if .System }}[{{ .Response }}]{{ else }}else{{ end }}after"
-    assert render_simple_go_template(source, system="S", prompt="P") == "P["
-    assert render_simple_go_template(source, system="", prompt="P") == "P"
-    assert render_simple_go_template(source, system="S", prompt="P", response="R") == "P[R]after"
-
-
-def test_go_else_and_else_if() -> None:
-    source = "{{ if .System }}system: {{ .System }}{{ else if .Prompt }}prompt only{{ else }}nothing{{ end }}"
-    assert render_simple_go_template(source, system="S", prompt="P") == "system: S"
-    assert render_simple_go_template(source, system="", prompt="P") == "prompt only"
-    assert render_simple_go_template(source, system="", prompt="") == "nothing"
-    nested = "{{ if .System }}a{{ if .Prompt }}b{{ else }}c{{ end }}d{{ else }}e{{ end }}"
-    assert render_simple_go_template(nested, system="S", prompt="") == "acd"
-    assert render_simple_go_template(nested, system="", prompt="P") == "e"
-
-
-def test_go_trimming() -> None:
-    source = "[INST]  \n  {{- if .System }} <<SYS>>{{ .System }}<</SYS>> {{- end }}\n\n  {{- .Prompt -}}  \n [/INST]"
-    assert render_simple_go_template(source, system="S", prompt="P") == "[INST] <<SYS>>S<</SYS>>P[/INST]"
-    assert render_simple_go_template("a {{ .Prompt }} b", system="", prompt="P") == "a P b"  # no dash, no trim
-    assert render_simple_go_template("a\n{{- /* note */ -}}\nb", system="", prompt="") == "ab"
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "{{ range .Messages }}{{ .Content }}{{ end }}",
-        "{{ json .Tools }}",
-        '{{ if eq .Role "user" }}x{{ end }}',
-        "{{ .Suffix }}",
-        "{{ .prompt }}",
-    ],
-)
-def test_go_beyond_simple_is_refused(source: str) -> None:
-    with pytest.raises(TemplateError, match=r"^only simple Go templates .* use a Jinja template"):
-        render_simple_go_template(source, system="S", prompt="P")
-
-
-@pytest.mark.parametrize(
-    ("source", "message"),
-    [
-        ("{{ if .System }}x", r"\{\{ if \}\} without an \{\{ end \}\}"),
-        ("x{{ end }}", r"\{\{ end \}\} without an \{\{ if \}\}"),
-        ("{{ else }}", r"\{\{ else \}\} outside an \{\{ if \}\}"),
-        ("{{ if .System }}a{{ else }}b{{ else }}c{{ end }}", r"\{\{ else \}\} outside an \{\{ if \}\}"),
-        ("{{ .Prompt", "unclosed action"),
-    ],
-)
-def test_go_structure_errors(source: str, message: str) -> None:
-    with pytest.raises(TemplateError, match=message):
-        render_simple_go_template(source, system="S", prompt="P")
+def test_jinja_loops_and_sequences_are_bounded() -> None:
+    """A template is code from whoever published the model: one that would spin or fill the memory fails."""
+    for source, words in (
+        ("{% for i in range(99999) %}{% for j in range(99999) %}x{% endfor %}{% endfor %}", "loop steps"),
+        ("{{ 'x' * 10000000 }}", "longer than"),
+        ("{{ [1] * 10000000 }}", "longer than"),
+        ("{{ 2 ** 100000 }}", "power"),
+    ):
+        with pytest.raises(TemplateError, match=words):
+            ChatTemplate.compile(source).render([{"role": "user", "content": "hi"}])
+    assert ChatTemplate.compile("{% for m in messages %}{{ m.content * 2 }}{% endfor %}").render(
+        [{"role": "user", "content": "ab"}]) == "abab"

@@ -3,7 +3,7 @@
 The template comes from the model's template layer if it has one, else from
 the GGUF's ``tokenizer.chat_template``, else a plain-text fallback (a base
 model continues the text). Jinja templates render in a sandbox as Hugging
-Face does; the simple Go templates of old Modelfiles are understood too.
+Face does; Ollama's Go templates as Ollama renders them.
 """
 
 from __future__ import annotations
@@ -12,53 +12,35 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import UnsupportedInput
+from .go_chat import GoChatTemplate
 from .options import Options
 from .runner import LlamaRunner
 from .scheduler import ModelFacts
-from .templates import ChatTemplate, fallback_template, looks_like_go_template, render_simple_go_template
+from .templates import ChatTemplate, fallback_template, looks_like_go_template
 
 
 def template_source(facts: ModelFacts) -> str | None:
     return facts.template or facts.info.chat_template
 
 
-class SimpleGoTemplate:
-    """An old Modelfile's Go template ({{ .System }}, {{ .Prompt }}) behind ChatTemplate's interface.
-
-    It sees the system prompt and the last user message only; full Go templates with
-    ``{{ range .Messages }}`` arrive with Modelfile support."""
-
-    supports_tools = False
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def render(self, messages: list[dict[str, Any]], *, tools: Any = None, add_generation_prompt: bool = True) -> str:
-        system = "\n\n".join(m["content"] for m in messages if m.get("role") == "system")
-        users = [m["content"] for m in messages if m.get("role") == "user"]
-        return render_simple_go_template(self.source, system=system, prompt=users[-1] if users else "")
-
-    def stop_words(self) -> list[str]:
-        return [marker for marker in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "[INST]") if marker in self.source]
-
-
 def chat_template(
     facts: ModelFacts, runner: LlamaRunner, override: str | None = None
-) -> ChatTemplate | SimpleGoTemplate:
+) -> ChatTemplate | GoChatTemplate:
     source = override if override is not None else template_source(facts)
     if not source:
         return fallback_template()
-    if looks_like_go_template(source):
-        return SimpleGoTemplate(source)
     return _compiled(source, runner.bos_text, runner.eos_text)
 
 
 @lru_cache(maxsize=32)
-def _compiled(source: str, bos_token: str, eos_token: str) -> ChatTemplate:
+def _compiled(source: str, bos_token: str, eos_token: str) -> ChatTemplate | GoChatTemplate:
+    """Ollama's Go templates and Hugging Face's Jinja ones; the dialect is told from the source."""
+    if looks_like_go_template(source):
+        return GoChatTemplate.compile(source)
     return ChatTemplate.compile(source, bos_token=bos_token, eos_token=eos_token)
 
 
-def stop_words(options: Options, template: ChatTemplate | SimpleGoTemplate | None) -> list[str]:
+def stop_words(options: Options, template: ChatTemplate | GoChatTemplate | None) -> list[str]:
     """The stop words of the options (a request's replace the params layer's), else the template's
     end-of-turn markers (llama.cpp also stops at the vocabulary's end-of-generation tokens)."""
     if options.stop:
@@ -90,7 +72,7 @@ _SAMPLE_CONVERSATION = [
 def check_template(source: str) -> None:
     """Refuse a template that does not parse or cannot render a plain conversation (``create`` calls this,
     so a bad template fails there, naming its line, and not on the first chat)."""
-    template = SimpleGoTemplate(source) if looks_like_go_template(source) else ChatTemplate.compile(source)
+    template = GoChatTemplate.compile(source) if looks_like_go_template(source) else ChatTemplate.compile(source)
     template.render(_SAMPLE_CONVERSATION, add_generation_prompt=True)
 
 

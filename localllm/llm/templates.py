@@ -1,4 +1,4 @@
-"""Chat templates: Hugging Face-style Jinja in a sandbox, and the simplest of Ollama's Go templates.
+"""Chat templates: Hugging Face-style Jinja in a sandbox (Ollama's Go templates are in ``go_chat``).
 
 A GGUF's ``tokenizer.chat_template`` is code written by whoever published the file. It renders the way
 transformers' ``apply_chat_template`` renders it (the same immutable sandbox, globals and ``tojson``), so a
@@ -312,16 +312,6 @@ _GO_DOT_ACTION = re.compile(r"\{\{-?\s*(?:[A-Za-z_]\w*\s+)*[.$]")
 _GO_KEYWORD_ACTION = re.compile(r"\{\{-?\s*(?:(?:end|else|define|template|block)\b|/\*)")
 
 # An action with its optional trim markers: Go trims only for "{{- " and " -}}" (a dash then a space).
-_GO_ACTION = re.compile(r"\{\{(?P<left>-[ \t\r\n])?(?P<body>.*?)(?P<right>[ \t\r\n]-)?\}\}", re.DOTALL)
-_GO_SPACE = " \t\r\n"
-_GO_CONDITION = re.compile(r"(?P<keyword>if|else\s+if)\s+\.(?P<field>System|Prompt|Response)")
-_GO_FIELD = re.compile(r"\.(?P<field>System|Prompt|Response)")
-_GO_UNSUPPORTED = (
-    "only simple Go templates ({{ .System }}, {{ .Prompt }}, {{ .Response }}, and {{ if }}, {{ else }}, {{ end }} "
-    "on them) are supported here; use a Jinja template"
-)
-
-
 def looks_like_go_template(source: str) -> bool:
     """Whether ``source`` is Ollama's Go text/template rather than Jinja.
 
@@ -335,92 +325,3 @@ def looks_like_go_template(source: str) -> bool:
     except jinja2.TemplateSyntaxError:
         return True
     return False
-
-
-def render_simple_go_template(source: str, *, system: str, prompt: str, response: str = "") -> str:
-    """Render a simple Go template, as old Modelfiles and ``/api/generate``'s ``template`` field have them.
-
-    Only ``.System``, ``.Prompt`` and ``.Response``, ``if``/``else if``/``else``/``end`` on them, comments and
-    ``{{-``/``-}}`` trimming; anything else raises :class:`TemplateError`. ``response`` is a past turn's answer;
-    left empty, the model is about to answer, so — as Ollama does — the output ends at ``{{ .Response }}``:
-    what the template writes after it (the end-of-turn marker, typically) is left out."""
-    values = {"System": system, "Prompt": prompt, "Response": response}
-    tokens = _go_tokens(source)
-    if not response:
-        tokens = _cut_after_response(tokens)
-    out: list[str] = []
-    active = True
-    frames: list[tuple[bool, bool, bool]] = []  # per open if: (active around it, a branch taken, else seen)
-    for kind, arg in tokens:
-        if kind == "text":
-            if active:
-                out.append(arg)
-        elif kind == "field":
-            if active:
-                out.append(values[arg])
-        elif kind == "if":
-            taken = bool(values[arg])
-            frames.append((active, taken, False))
-            active = active and taken
-        elif kind in ("elif", "else"):
-            if not frames or frames[-1][2]:
-                raise TemplateError("template error: {{ else }} outside an {{ if }}")
-            outer, taken_before, _ = frames[-1]
-            take = not taken_before and (kind == "else" or bool(values[arg]))
-            frames[-1] = (outer, taken_before or take, kind == "else")
-            active = outer and take
-        elif kind == "end":
-            if not frames:
-                raise TemplateError("template error: {{ end }} without an {{ if }}")
-            active = frames.pop()[0]
-    if frames:
-        raise TemplateError("template error: {{ if }} without an {{ end }}")
-    return "".join(out)
-
-
-def _go_tokens(source: str) -> list[tuple[str, str]]:
-    """The template as (kind, argument) pairs: ("text", s), ("field", name), ("if"|"elif", name), ("else", ""),
-    ("end", ""), with trimming already applied to the text."""
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    trim_next = False
-    for match in _GO_ACTION.finditer(source):
-        text = source[pos : match.start()]
-        if trim_next:
-            text = text.lstrip(_GO_SPACE)
-        if match["left"]:
-            text = text.rstrip(_GO_SPACE)
-        tokens.append(("text", text))
-        statement = _go_statement(match["body"])
-        if statement is not None:
-            tokens.append(statement)
-        trim_next = bool(match["right"])
-        pos = match.end()
-    tail = source[pos:]
-    if "{{" in tail:
-        raise TemplateError("template error: unclosed action {{ in the Go template")
-    tokens.append(("text", tail.lstrip(_GO_SPACE) if trim_next else tail))
-    return tokens
-
-
-def _go_statement(body: str) -> tuple[str, str] | None:
-    text = body.strip()
-    if match := _GO_FIELD.fullmatch(text):
-        return "field", match["field"]
-    if match := _GO_CONDITION.fullmatch(text):
-        return ("if" if match["keyword"] == "if" else "elif"), match["field"]
-    if text in ("else", "end"):
-        return text, ""
-    if text.startswith("/*") and text.endswith("*/"):
-        return None  # a comment
-    raise TemplateError(f"{_GO_UNSUPPORTED} (found {{{{ {text} }}}})")
-
-
-def _cut_after_response(tokens: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Drop all output after the first ``{{ .Response }}``, in the template's order whatever branch it sits in
-    (Ollama cuts the parse tree the same way), keeping the if/else/end structure around it."""
-    for index, (kind, arg) in enumerate(tokens):
-        if kind == "field" and arg == "Response":
-            rest = [token for token in tokens[index + 1 :] if token[0] in ("if", "elif", "else", "end")]
-            return tokens[: index + 1] + rest
-    return tokens
