@@ -99,3 +99,6 @@ def test_parameters_are_checked_against_the_known_options() -> None:
     assert typed_parameters({"stop": ["a", "b"], "num_predict": 5, "temperature": 1, "use_mmap": "false"}) == {
         "stop": ["a", "b"], "num_predict": 5, "temperature": 1.0, "use_mmap": False}
     assert typed_parameters({"steps": "4"}, extra={"steps": int}) == {"steps": 4}
+    # what 2023's Modelfiles set and llama.cpp now reads from the GGUF: accepted, dropped
+    assert typed_parameters(parse_modelfile("FROM x\nPARAMETER num_gqa 8\nPARAMETER rope_frequency_base 1e6\n"
+                                            "PARAMETER top_k 20\n").parameters) == {"top_k": 20}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -12,8 +13,13 @@ from pydantic import ValidationError
 from ..llm.options import Options
 from .parser import ModelfileError, Parameter
 
-__all__ = ["typed_parameters"]
+__all__ = ["LEGACY", "typed_parameters"]
+log = logging.getLogger(__name__)
 
+# Names older Modelfiles still carry that no runner reads any more (llama.cpp takes these from the GGUF):
+# accepted and dropped, so those Modelfiles create as written.
+LEGACY = frozenset({"num_gqa", "rope_frequency_base", "rope_frequency_scale", "gqa", "embedding_only",
+                    "num_gpu_layers", "n_gpu_layers"})
 _TRUE = {"1", "t", "true"}
 _FALSE = {"0", "f", "false"}
 
@@ -83,6 +89,9 @@ def typed_parameters(
     result: dict[str, Any] = {}
     for name, value, line in items:  # type: ignore[misc]
         key = name.lower()
+        if key in LEGACY:
+            log.info("ignoring the legacy parameter %s", key)
+            continue
         if key not in kinds:
             raise ModelfileError(
                 f"unknown parameter {name!r}; valid parameters are: {', '.join(sorted(kinds))}", line
