@@ -61,3 +61,8 @@ def test_the_hub_modelfiles_pull_their_base_create_and_answer(daemon: Daemon, hu
     with daemon.client() as client:
         shown = client.post("/api/show", json={"model": f"my-{name}"}).json()
     assert "[INST]" in shown["template"]
+    if name == "mistral":  # its Go template shows tools: a chat may offer them
+        assert "tools" in shown["capabilities"]
+        tool = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+        assert chat(daemon, "my-mistral", "Weather in Paris?", tools=[tool])["done"]

@@ -41,7 +41,7 @@ def capabilities(arch: str, template: str | None, model_info: dict[str, Any]) ->
         caps.append("embedding")
     else:
         caps.append("completion")
-    if template and "tools" in template:
+    if template and "tools" in template.lower():  # Jinja's `tools`, Go's `.Tools`
         caps.append("tools")
     return caps
 
