@@ -58,7 +58,7 @@ def test_every_instruction_in_any_case_and_order() -> None:
 
 
 def test_windows_line_endings_and_a_value_block_on_one_line() -> None:
-    modelfile = parse_modelfile('FROM x\r\nSYSTEM """one line"""\r\n# done\r\n')
+    modelfile = parse_modelfile("\ufeffFROM x\r\nSYSTEM \"\"\"one line\"\"\"\r\n# done\r\n")
     assert modelfile.system == "one line"
 
 

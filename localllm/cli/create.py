@@ -27,7 +27,7 @@ CHUNK = 1024 * 1024
 
 def read_modelfile(path: Path) -> Modelfile:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is not an instruction
     except FileNotFoundError:
         raise InvalidRequest(f"no Modelfile at {path} (give one with -f)") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -57,7 +57,7 @@ class Modelfile:
 def parse_modelfile(text: str) -> Modelfile:
     """Parse ``text``; raises :class:`ModelfileError` naming the line of the first problem."""
     result = Modelfile()
-    reader = _Reader(text.replace("\r\n", "\n"))
+    reader = _Reader(text.removeprefix("\ufeff").replace("\r\n", "\n"))
     while not reader.done():
         line_number = reader.line
         raw_line = reader.peek_line()
