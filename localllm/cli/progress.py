@@ -34,7 +34,8 @@ def show_pull(events: Iterable[dict[str, Any]], console: Console) -> None:
     tasks: dict[str, TaskID] = {}
     try:
         for event in events:
-            digest = event.get("digest")
+            # a file's bar is keyed by its digest; an image model's conversion steps by their status
+            digest = event.get("digest") or (event.get("status") if event.get("total") else None)
             if digest and event.get("total"):
                 if progress is None:
                     progress = _bars(console)
