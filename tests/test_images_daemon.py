@@ -1,0 +1,298 @@
+"""Image models in the daemon: pulled from the Hub stand-in, converted, generated through both APIs,
+the official clients and the CLI, in a worker process counted in the memory budget."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import ROOT, Daemon, pull_events
+from fakehub import FakeHub
+
+REPO = "tiny-org/tiny-sd-onnx"
+MODEL = f"hf.co/{REPO}"
+TEXT_REPO = "tiny-org/tiny-llama-GGUF"
+TEXT_MODEL = f"hf.co/{TEXT_REPO}"
+FAST = {"steps": 2}
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def publish_tiny_sd(hub: FakeHub, folder: Path, repo: str = REPO) -> None:
+    """The tiny diffusers ONNX pipeline as a Hub repository: ONNX files in LFS, the rest in git, plus
+    ``unet/config.json`` (diffusers' own, so the model's default size is its trained 64 x 64)."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        hub.add_file(repo, rel, path, lfs=rel.endswith(".onnx"))
+    hub.add_file(repo, "unet/config.json", json.dumps({"sample_size": 8}).encode(), lfs=False)
+    hub.add_file(repo, "README.md", b"# tiny sd\n", lfs=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_onnx(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from images.conftest import build_tiny_models
+
+    return build_tiny_models(pytestconfig, tmp_path_factory) / "sd"
+
+
+@pytest.fixture(scope="module")
+def module_hub(tiny_sd_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
+    from ggufs import write_tiny_llama
+
+    with FakeHub() as hub:
+        publish_tiny_sd(hub, tiny_sd_onnx)
+        gguf = write_tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny-llama-Q8_0.gguf", file_type=7)
+        hub.add_file(TEXT_REPO, "tiny-llama-Q8_0.gguf", gguf)
+        yield hub
+
+
+@pytest.fixture(scope="module")
+def images_daemon(module_hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon with the tiny image model and a tiny text model pulled."""
+    root = tmp_path_factory.mktemp("images-daemon")
+    server = Daemon(root / "home", module_hub.endpoint, {"HF_HOME": str(root / "hf")}).start()
+    try:
+        events = pull_events(server, MODEL)
+        assert events[-1] == {"status": "success"}, events[-3:]
+        assert any(e.get("status") == "converting unet" and e.get("total") for e in events)
+        assert pull_events(server, TEXT_MODEL)[-1] == {"status": "success"}
+        yield server
+    finally:
+        server.stop()
+
+
+def generate(daemon: Daemon, **body: object) -> list[dict]:
+    with daemon.client() as client, client.stream("POST", "/api/generate", json={"model": MODEL, **body}) as r:
+        assert r.status_code == 200, r.read()
+        return [json.loads(line) for line in r.iter_lines() if line.strip()]
+
+
+# --- the store -----------------------------------------------------------------------
+def test_pulled_model_is_listed_shown_copied_and_removed(images_daemon: Daemon) -> None:
+    with images_daemon.client() as client:
+        listed = {m["name"]: m for m in client.get("/api/tags").json()["models"]}
+        entry = listed[f"{MODEL}:latest"]
+        assert entry["details"]["format"] == "onnx-stream" and entry["size"] > 0
+        shown = client.post("/api/show", json={"model": MODEL}).json()
+        assert shown["capabilities"] == ["image"]
+        assert shown["model_info"]["image.width"] == 64
+        assert "steps" in shown["parameters"]
+        assert client.post("/api/copy", json={"source": MODEL, "destination": "my-sd"}).status_code == 200
+        assert client.post("/api/show", json={"model": "my-sd"}).json()["capabilities"] == ["image"]
+        assert client.request("DELETE", "/api/delete", json={"model": "my-sd"}).status_code == 200
+        assert client.post("/api/show", json={"model": MODEL}).status_code == 200  # the original keeps its blobs
+    manifests = images_daemon.home / "models" / "manifests"
+    manifest = json.loads((manifests / "hf.co" / "tiny-org" / "tiny-sd-onnx" / "latest").read_text())
+    kinds = {layer["mediaType"].rsplit(".", 1)[-1] for layer in manifest["layers"]}
+    assert {"file", "source", "params"} <= kinds
+    paths = {layer["annotations"]["org.opencontainers.image.title"] for layer in manifest["layers"]
+             if layer["mediaType"].endswith("image.file")}
+    assert {"unet/graph.json", "unet/weights.bin", "pipeline.json", "tokenizer/vocab.json"} <= paths
+
+
+# --- /api/generate ---------------------------------------------------------------------
+def test_api_generate_streams_steps_and_is_deterministic_by_seed(images_daemon: Daemon) -> None:
+    events = generate(images_daemon, prompt="a red cat", steps=3, options={"seed": 7})
+    assert [(e["completed"], e["total"]) for e in events[:-1]] == [(1, 3), (2, 3), (3, 3)]
+    final = events[-1]
+    assert final["done"] is True and final["total_duration"] > 0
+    first = base64.b64decode(final["image"])
+    assert png_size(first) == (64, 64)
+    again = generate(images_daemon, prompt="a red cat", steps=3, options={"seed": 7})[-1]
+    assert base64.b64decode(again["image"]) == first
+    other = generate(images_daemon, prompt="a red cat", steps=3, options={"seed": 8})[-1]
+    assert base64.b64decode(other["image"]) != first
+
+
+def test_api_generate_other_size_and_stream_false(images_daemon: Daemon) -> None:
+    with images_daemon.client() as client:
+        body = {"model": MODEL, "prompt": "a castle", "width": 128, "height": 64, "steps": 1, "stream": False,
+                "options": {"seed": 1, "scheduler": "ddim", "negative_prompt": "blurry", "guidance": 3.0}}
+        reply = client.post("/api/generate", json=body).json()
+    assert reply["done"] is True
+    assert png_size(base64.b64decode(reply["image"])) == (128, 64)  # converted on demand from the sources
+
+
+def test_official_ollama_client(images_daemon: Daemon) -> None:
+    import ollama
+
+    client = ollama.Client(host=images_daemon.base_url)
+    reply = client.generate(MODEL, "a lighthouse at dusk", width=64, height=64, steps=2, options={"seed": 3})
+    assert png_size(base64.b64decode(reply.image)) == (64, 64)
+    steps = [(part.completed, part.total) for part in client.generate(MODEL, "a lighthouse", steps=2, stream=True)
+             if not part.done]
+    assert steps == [(1, 2), (2, 2)]
+
+
+# --- /v1/images/generations --------------------------------------------------------------
+def test_official_openai_client(images_daemon: Daemon) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{images_daemon.base_url}/v1", api_key="unused")
+    result = client.images.generate(model=MODEL, prompt="a red cat", n=2, size="64x64",
+                                    response_format="b64_json", quality="standard", style="vivid",
+                                    extra_body={"seed": 11, **FAST})
+    images = [base64.b64decode(item.b64_json) for item in result.data]
+    assert [png_size(i) for i in images] == [(64, 64), (64, 64)]
+    assert images[0] != images[1]  # image i uses seed + i
+    again = client.images.generate(model=MODEL, prompt="a red cat", size="64x64", extra_body={"seed": 11, **FAST})
+    assert base64.b64decode(again.data[0].b64_json) == images[0]
+
+    by_url = client.images.generate(model=MODEL, prompt="a red cat", size="128x128", response_format="url",
+                                    extra_body=FAST)
+    url = by_url.data[0].url
+    assert url.startswith(f"{images_daemon.base_url}/v1/images/files/")
+    assert png_size(httpx.get(url).content) == (128, 128)
+    assert httpx.get(url[: url.rindex("/") + 1] + "x" * 32 + ".png").status_code == 404
+    assert httpx.get(f"{images_daemon.base_url}/v1/images/files/..%2F..%2Fmanifests").status_code == 404
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(model=MODEL, prompt="a red cat", n=5)
+    assert caught.value.body["param"] == "n"
+
+
+BAD_V1 = [
+    ({"size": "100x100"}, "width"),
+    ({"size": "4096x4096"}, "width"),
+    ({"size": "big"}, "size"),
+    ({"n": 0}, "n"),
+    ({"n": 5}, "n"),
+    ({"scheduler": "nope"}, "scheduler"),
+    ({"steps": 0}, "steps"),
+    ({"steps": 100000}, "steps"),
+    ({"response_format": "gif"}, "response_format"),
+    ({"model": TEXT_MODEL}, "model"),
+]
+
+
+@pytest.mark.parametrize(("extra", "param"), BAD_V1)
+def test_v1_bad_input_names_the_parameter(images_daemon: Daemon, extra: dict, param: str) -> None:
+    with images_daemon.client() as client:
+        r = client.post("/v1/images/generations", json={"model": MODEL, "prompt": "a cat", **extra})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_api_bad_input_and_text_requests_to_an_image_model(images_daemon: Daemon) -> None:
+    with images_daemon.client() as client:
+        for body, word in [({"width": 100}, "width"), ({"steps": -1}, "steps"), ({"height": 9000}, "height"),
+                           ({"options": {"scheduler": "nope"}}, "scheduler")]:
+            r = client.post("/api/generate", json={"model": MODEL, "prompt": "a cat", **body})
+            assert r.status_code == 400 and word in r.json()["error"], r.text
+        text_requests = [
+            ("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}),
+            ("/api/embed", {"input": "hi"}),
+            ("/api/embeddings", {"prompt": "hi"}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+            ("/v1/completions", {"prompt": "hi"}),
+            ("/v1/embeddings", {"input": "hi"}),
+        ]
+        for path, body in text_requests:
+            r = client.post(path, json={"model": MODEL, **body})
+            assert r.status_code == 400, (path, r.text)
+            error = r.json()["error"]
+            if path.startswith("/v1"):
+                assert error["param"] == "model" and "image model" in error["message"]
+            else:
+                assert "image model" in error
+        # a text model still answers text through /api/generate
+        r = client.post("/api/generate", json={"model": TEXT_MODEL, "prompt": "hi", "stream": False,
+                                               "options": {"num_predict": 2}})
+        assert r.status_code == 200 and "image" not in r.json()
+
+
+# --- the worker ------------------------------------------------------------------------
+def test_worker_in_ps_budget_and_keep_alive(images_daemon: Daemon) -> None:
+    generate(images_daemon, prompt="a cat", steps=1, keep_alive="10m")
+    with images_daemon.client() as client:
+        ps = {m["name"]: m for m in client.get("/api/ps").json()["models"]}
+        assert ps[f"{MODEL}:latest"]["size"] > 50_000_000  # the worker's memory, counted in the budget
+        client.post("/api/generate", json={"model": MODEL, "prompt": "", "keep_alive": 0, "stream": False})
+        assert f"{MODEL}:latest" not in {m["name"] for m in client.get("/api/ps").json()["models"]}
+
+
+def test_disconnect_cancels_the_job_between_steps(images_daemon: Daemon) -> None:
+    body = {"model": MODEL, "prompt": "a slow one", "width": 256, "height": 256, "steps": 150,
+            "options": {"guidance": 7.5}}
+    with images_daemon.client() as client, client.stream("POST", "/api/generate", json=body) as r:
+        for line in r.iter_lines():
+            if json.loads(line).get("completed") == 2:
+                break  # leave after the second step
+    deadline = time.monotonic() + 30
+    while "cancelled job" not in images_daemon.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "cancelled job" in images_daemon.log.read_text()
+    start = time.monotonic()
+    assert png_size(base64.b64decode(generate(images_daemon, prompt="next", steps=1)[-1]["image"])) == (64, 64)
+    assert time.monotonic() - start < 30
+
+
+def test_memory_budget_too_small_for_a_worker(make_daemon, hub: FakeHub, tiny_sd_onnx: Path) -> None:
+    publish_tiny_sd(hub, tiny_sd_onnx)
+    daemon = make_daemon(LOCALLLM_MAX_MEMORY="64MB").start()
+    assert pull_events(daemon, MODEL)[-1] == {"status": "success"}
+    with daemon.client() as client:
+        r = client.post("/v1/images/generations", json={"model": MODEL, "prompt": "a cat", "steps": 1})
+    assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient_memory"
+
+
+def test_killed_pull_leaves_nothing_and_pulls_again(make_daemon, hub: FakeHub, tiny_sd_onnx: Path) -> None:
+    publish_tiny_sd(hub, tiny_sd_onnx)
+    hub.throttle(REPO, "unet/model.onnx", 20_000)
+    daemon = make_daemon().start()
+    with daemon.client() as client, client.stream("POST", "/api/pull", json={"model": MODEL}) as r:
+        for line in r.iter_lines():
+            event = json.loads(line)
+            if event.get("completed") and "unet" not in event.get("status", "") and event.get("total") and \
+                    0 < event["completed"] < event["total"]:
+                break
+            if event.get("status", "").startswith("pulling") and event.get("completed", 0) > 0:
+                break
+    daemon.kill()
+    hub.throttle(REPO, "unet/model.onnx", None)
+    models = daemon.home / "models"
+    daemon.start()
+    with daemon.client() as client:
+        assert f"{MODEL}:latest" not in {m["name"] for m in client.get("/api/tags").json()["models"]}
+    assert not list((models / "tmp-images").glob("*"))
+    assert pull_events(daemon, MODEL)[-1] == {"status": "success"}
+    assert png_size(base64.b64decode(generate(daemon, prompt="a cat", steps=1)[-1]["image"])) == (64, 64)
+
+
+# --- the CLI -------------------------------------------------------------------------------
+def test_cli_run_writes_a_png_and_prints_its_path(images_daemon: Daemon, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "localllm.cli.main", "run", *args], env={
+            **images_daemon.env, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
+            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    done = run(MODEL, "a lighthouse at dusk", "--steps", "2", "--seed", "5", "--negative", "fog")
+    assert done.returncode == 0, done.stderr
+    path = Path(done.stdout.strip())
+    assert path.parent == tmp_path and path.suffix == ".png"
+    assert png_size(path.read_bytes()) == (64, 64)
+    assert "2/2" in done.stderr  # the progress bar over the steps
+    again = run(MODEL, "a lighthouse at dusk", "--steps", "2", "--seed", "5", "--negative", "fog",
+                "--size", "128x64", "--output", "out.png")
+    assert again.returncode == 0, again.stderr
+    assert png_size((tmp_path / "out.png").read_bytes()) == (128, 64)
+    bad = run(MODEL, "a cat", "--size", "100x100")
+    assert bad.returncode == 1 and "width" in bad.stderr
+    text = run(TEXT_MODEL, "hi")  # a text model answers as before
+    assert text.returncode == 0, text.stderr
