@@ -200,6 +200,52 @@ def ort_image(src: Path, steps: int) -> dict:
     return {"times": [time.perf_counter() - start], "peak_rss_mb": peak_rss_mb()}
 
 
+def daemon_worker(cache: Path, precision: str, steps: int) -> dict:
+    """The daemon's image worker process (``localllm.images.worker``, as the daemon starts it) on a 512x512
+    job over the image's conversion: its peak RSS as it reports it (ru_maxrss) and as sampled from outside."""
+    import psutil
+
+    folder = cache / f"sd15-{precision}"
+    proc = subprocess.Popen([sys.executable, "-m", "localllm.images.worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdin and proc.stdout
+    watched, sampled, stop = psutil.Process(proc.pid), [0], False
+
+    def sample() -> None:
+        while not stop:
+            try:
+                sampled[0] = max(sampled[0], watched.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+    import threading
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    ready = json.loads(proc.stdout.readline())
+    idle_rss = watched.memory_info().rss
+    job = {"folder": str(folder), "prompt": PROMPT, "negative_prompt": "blurry", "steps": steps,
+           "guidance": 7.5, "seed": 1, "scheduler": "euler_a"}
+    start = time.perf_counter()
+    proc.stdin.write(json.dumps({"id": 1, "job": job}) + "\n")
+    proc.stdin.flush()
+    while True:
+        event = json.loads(proc.stdout.readline())
+        if event["event"] in ("done", "error", "cancelled"):
+            break
+    elapsed = time.perf_counter() - start
+    stop = True
+    thread.join()
+    proc.stdin.close()
+    proc.wait(30)
+    if event["event"] != "done":
+        return {"error": event.get("message", event["event"])}
+    return {"times": [elapsed], "peak_rss_mb": event["peak_rss"] / 2**20,
+            "sampled_peak_rss_mb": sampled[0] / 2**20, "idle_rss_mb": idle_rss / 2**20, "pid": ready["pid"],
+            "engine_peak_mb": {k: v / 1e6 for k, v in event["engine_peak"].items()}}
+
+
 def measure(cache: Path, engine: str, task: str, precision: str = "-", provider: str = "-", steps: int = 4,
             runs: int = 2) -> dict:
     cmd = [sys.executable, __file__, "--cache", str(cache), "worker", engine, task, precision, provider,
@@ -225,6 +271,10 @@ def main() -> None:
     if args.rest and args.rest[0] == "worker":
         engine, task, precision, provider, steps, runs = args.rest[1:]
         print(json.dumps(worker(args.cache, engine, task, precision, provider, int(steps), int(runs))))
+        return
+    if args.rest and args.rest[0] == "daemon-worker":  # daemon-worker [PRECISION]: only the worker's figure
+        result = daemon_worker(args.cache, args.rest[1] if len(args.rest) > 1 else "fp16", args.steps)
+        print(json.dumps(result, indent=2))
         return
     if args.rest and args.rest[0] == "convert":
         convert(args.cache, args.rest[1])
@@ -261,6 +311,9 @@ def main() -> None:
             result = measure(args.cache, "ours", task, precision, provider, args.steps,
                              runs=1 if task == "image" else 2)
             show(f"{task:5s} localllm {precision:5s} {provider:8s}", result, ref)
+        if task == "image":  # the same image as a daemon job: the worker process the daemon starts
+            for precision in dict.fromkeys(p for p, _ in combos):
+                show(f"image daemon worker {precision:5s}", daemon_worker(args.cache, precision, args.steps), ref)
     (args.cache / "results.json").write_text(json.dumps(rows, indent=2))
 
 
