@@ -33,21 +33,47 @@ def png_size(data: bytes) -> tuple[int, int]:
         return image.size
 
 
-def publish_tiny_sd(hub: FakeHub, folder: Path, repo: str = REPO) -> None:
+def with_external_unet(folder: Path, out: Path) -> Path:
+    """A copy of the pipeline whose UNet keeps its weights in ``unet/weights.pb``, as big UNets do."""
+    import shutil
+
+    import onnx
+
+    if not (out / "unet" / "weights.pb").exists():
+        shutil.copytree(folder, out, dirs_exist_ok=True)
+        model = onnx.load(str(folder / "unet" / "model.onnx"))
+        onnx.save_model(model, str(out / "unet" / "model.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="weights.pb", size_threshold=0)
+    return out
+
+
+def publish_tiny_sd(hub: FakeHub, folder: Path, repo: str = REPO, unet_config: bool = True) -> None:
     """The tiny diffusers ONNX pipeline as a Hub repository: ONNX files in LFS, the rest in git, plus
     ``unet/config.json`` (diffusers' own, so the model's default size is its trained 64 x 64)."""
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        hub.add_file(repo, rel, path, lfs=rel.endswith(".onnx"))
-    hub.add_file(repo, "unet/config.json", json.dumps({"sample_size": 8}).encode(), lfs=False)
+        hub.add_file(repo, rel, path, lfs=rel.endswith((".onnx", ".pb")))
+    if unet_config:
+        hub.add_file(repo, "unet/config.json", json.dumps({"sample_size": 8}).encode(), lfs=False)
     hub.add_file(repo, "README.md", b"# tiny sd\n", lfs=False)
 
 
 @pytest.fixture(scope="module")
-def tiny_sd_onnx(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_models(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from images.conftest import build_tiny_models
 
-    return build_tiny_models(pytestconfig, tmp_path_factory) / "sd"
+    return build_tiny_models(pytestconfig, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_onnx(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD 1.5-shaped pipeline, its UNet with external weights."""
+    return with_external_unet(tiny_models / "sd", tmp_path_factory.mktemp("tiny-sd-external"))
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_onnx(tiny_models: Path) -> Path:
+    return tiny_models / "sdxl"
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +126,10 @@ def test_pulled_model_is_listed_shown_copied_and_removed(images_daemon: Daemon) 
     manifest = json.loads((manifests / "hf.co" / "tiny-org" / "tiny-sd-onnx" / "latest").read_text())
     kinds = {layer["mediaType"].rsplit(".", 1)[-1] for layer in manifest["layers"]}
     assert {"file", "source", "params"} <= kinds
+    sources = {layer["annotations"]["org.opencontainers.image.title"] for layer in manifest["layers"]
+               if layer["mediaType"].endswith("image.source")}
+    assert {"unet/model.onnx", "unet/weights.pb", "model_index.json", "scheduler/scheduler_config.json"} <= sources
+    assert "README.md" not in sources
     paths = {layer["annotations"]["org.opencontainers.image.title"] for layer in manifest["layers"]
              if layer["mediaType"].endswith("image.file")}
     assert {"unet/graph.json", "unet/weights.bin", "pipeline.json", "tokenizer/vocab.json"} <= paths
@@ -148,10 +178,12 @@ def test_official_openai_client(images_daemon: Daemon) -> None:
                                     response_format="b64_json", quality="standard", style="vivid",
                                     extra_body={"seed": 11, **FAST})
     images = [base64.b64decode(item.b64_json) for item in result.data]
+    assert all(item.url is None for item in result.data)
     assert [png_size(i) for i in images] == [(64, 64), (64, 64)]
     assert images[0] != images[1]  # image i uses seed + i
     again = client.images.generate(model=MODEL, prompt="a red cat", size="64x64", extra_body={"seed": 11, **FAST})
-    assert base64.b64decode(again.data[0].b64_json) == images[0]
+    assert base64.b64decode(again.data[0].b64_json) == images[0]  # no response_format: b64_json and url
+    assert httpx.get(again.data[0].url).content == images[0]
 
     by_url = client.images.generate(model=MODEL, prompt="a red cat", size="128x128", response_format="url",
                                     extra_body=FAST)
@@ -259,11 +291,8 @@ def test_killed_pull_leaves_nothing_and_pulls_again(make_daemon, hub: FakeHub, t
     with daemon.client() as client, client.stream("POST", "/api/pull", json={"model": MODEL}) as r:
         for line in r.iter_lines():
             event = json.loads(line)
-            if event.get("completed") and "unet" not in event.get("status", "") and event.get("total") and \
-                    0 < event["completed"] < event["total"]:
-                break
-            if event.get("status", "").startswith("pulling") and event.get("completed", 0) > 0:
-                break
+            if event.get("status", "").startswith("pulling") and event.get("completed", 0) < event.get("total", 0):
+                break  # a file on its way (the UNet's is throttled)
     daemon.kill()
     hub.throttle(REPO, "unet/model.onnx", None)
     models = daemon.home / "models"
@@ -273,6 +302,66 @@ def test_killed_pull_leaves_nothing_and_pulls_again(make_daemon, hub: FakeHub, t
     assert not list((models / "tmp-images").glob("*"))
     assert pull_events(daemon, MODEL)[-1] == {"status": "success"}
     assert png_size(base64.b64decode(generate(daemon, prompt="a cat", steps=1)[-1]["image"])) == (64, 64)
+
+
+def test_sdxl_shaped_repo_without_unet_config(make_daemon, hub: FakeHub, tiny_sdxl_onnx: Path) -> None:
+    """Two text encoders; no ``unet/config.json`` and a UNet of free size: converted at 512 x 512 on pull,
+    and for the size a request asks for when it asks."""
+    publish_tiny_sd(hub, tiny_sdxl_onnx, "tiny-org/tiny-sdxl-onnx", unet_config=False)
+    daemon = make_daemon().start()
+    assert pull_events(daemon, "hf.co/tiny-org/tiny-sdxl-onnx")[-1] == {"status": "success"}
+    with daemon.client() as client:
+        shown = client.post("/api/show", json={"model": "hf.co/tiny-org/tiny-sdxl-onnx"}).json()
+        assert shown["model_info"]["general.architecture"] == "stable-diffusion-xl"
+        assert shown["model_info"]["image.width"] == 512
+        reply = client.post("/api/generate", json={"model": "hf.co/tiny-org/tiny-sdxl-onnx", "prompt": "a cat",
+                                                   "width": 64, "height": 64, "steps": 1, "stream": False}).json()
+    assert png_size(base64.b64decode(reply["image"])) == (64, 64)
+
+
+def test_killed_conversion_leaves_no_process_and_no_staging(make_daemon, hub: FakeHub, tiny_sd_onnx: Path) -> None:
+    import psutil
+
+    publish_tiny_sd(hub, tiny_sd_onnx)
+    daemon = make_daemon().start()
+    with daemon.client() as client, client.stream("POST", "/api/pull", json={"model": MODEL}) as r:
+        for line in r.iter_lines():
+            if json.loads(line).get("status", "").startswith("converting"):
+                break
+    daemon.kill()
+    staging = str(daemon.home / "models" / "tmp-images")
+
+    def converters() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(staging in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        return found
+
+    deadline = time.monotonic() + 20
+    while converters() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not converters()  # the child noticed its parent was gone
+    daemon.start()
+    assert not list((daemon.home / "models" / "tmp-images").glob("*"))
+    with daemon.client() as client:  # not there, or there whole: never half
+        listed = f"{MODEL}:latest" in {m["name"] for m in client.get("/api/tags").json()["models"]}
+    if not listed:
+        assert pull_events(daemon, MODEL)[-1] == {"status": "success"}
+    assert png_size(base64.b64decode(generate(daemon, prompt="a cat", steps=1)[-1]["image"])) == (64, 64)
+
+
+def test_image_parameters_for_modelfiles() -> None:
+    from localllm.errors import InvalidRequest
+    from localllm.images.params import PARAMETERS, parse_parameter, resolve
+
+    assert set(PARAMETERS) == {"steps", "width", "height", "scheduler", "guidance", "negative_prompt", "precision"}
+    assert parse_parameter("steps", "4") == 4 and parse_parameter("guidance", "0") == 0.0
+    with pytest.raises(InvalidRequest):
+        parse_parameter("temperature", "1")
+    model = {"width": 64, "height": 64, "precision": "fp16"}
+    chosen = resolve({"steps": None, "width": 128}, {"steps": 3, "scheduler": "ddim", "width": 256}, model, 1024)
+    assert (chosen.steps, chosen.scheduler, chosen.width, chosen.height) == (3, "ddim", 128, 64)
 
 
 # --- the CLI -------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ Progress = Callable[[str, int, int], None]
 
 def convert_in_child(src: Path, dst: Path, precision: str, width: int, height: int,
                      progress: Progress | None = None) -> None:
-    """Convert the diffusers ONNX folder ``src`` into ``dst``; raises the child's error as ours."""
+    """Convert the diffusers ONNX folder ``src`` into ``dst``; raises the child's error as ours.
+    ``width``/``height`` 0: the size the UNet was trained for (:func:`trained_size`)."""
     cmd = [sys.executable, "-m", "localllm.images.convert_process", str(src), str(dst), precision,
            str(width), str(height)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(),
@@ -63,6 +64,29 @@ def _package_root() -> str:
     return str(Path(__file__).resolve().parent.parent.parent)
 
 
+def trained_size(src: Path, fallback: int = 512) -> tuple[int, int]:
+    """(width, height) the UNet was made for: fixed in its ONNX input, else diffusers' ``sample_size``."""
+    import onnx
+
+    model = onnx.load(str(src / "unet" / "model.onnx"), load_external_data=False)
+    sample = next((i for i in model.graph.input if i.name == "sample"), None)
+    if sample is not None:
+        dims = [d.dim_value for d in sample.type.tensor_type.shape.dim]
+        if len(dims) == 4 and dims[2] > 0 and dims[3] > 0:
+            return dims[3] * 8, dims[2] * 8
+    config = src / "unet" / "config.json"
+    if config.exists():
+        try:
+            size = json.loads(config.read_text()).get("sample_size")
+        except ValueError:
+            size = None
+        if isinstance(size, int) and 0 < size <= 256:
+            return size * 8, size * 8
+        if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 0 < v <= 256 for v in size):
+            return size[1] * 8, size[0] * 8
+    return fallback, fallback
+
+
 def main(argv: list[str]) -> None:
     src, dst, precision, width, height = argv
     parent = os.getppid()
@@ -78,7 +102,10 @@ def main(argv: list[str]) -> None:
     try:
         from .convert import convert_pipeline
 
-        convert_pipeline(Path(src), Path(dst), precision, int(height), int(width), unet_batch=UNET_BATCH,
+        w, h = int(width), int(height)
+        if not w or not h:
+            w, h = trained_size(Path(src))
+        convert_pipeline(Path(src), Path(dst), precision, h, w, unet_batch=UNET_BATCH,
                          vae_tile=VAE_TILE, progress=step)
     except errors.LocalLLMError as exc:
         out.write(json.dumps({"error": type(exc).__name__, "message": exc.message}) + "\n")

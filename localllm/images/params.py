@@ -64,6 +64,21 @@ def check_value(name: str, value: Any) -> Any:
     return value
 
 
+def parse_parameter(name: str, text: str) -> Any:
+    """A Modelfile's ``PARAMETER name text`` for an image model, typed (the params layer stores JSON)."""
+    if name not in PARAMETERS:
+        raise InvalidRequest(f"unknown parameter {name!r} for an image model: use one of {', '.join(PARAMETERS)}",
+                             param=name)
+    kind = PARAMETERS[name]
+    if kind is str:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number, not {text!r}", param=name) from None
+    return check_value(name, value)
+
+
 def resolve(request: Mapping[str, Any], defaults: Mapping[str, Any], model_info: Mapping[str, Any],
             max_size: int) -> ImageSettings:
     """Request values over the model's params layer over the model's own defaults, validated.

@@ -169,8 +169,8 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     n = 1 if body.n is None else body.n
     if not 1 <= n <= MAX_N:
         raise InvalidRequest(f"n must be between 1 and {MAX_N}, not {n}", param="n")
-    response_format = body.response_format or "b64_json"
-    if response_format not in ("b64_json", "url"):
+    response_format = body.response_format or "both"  # unsaid: DALL-E's url and GPT Image's b64_json
+    if response_format not in ("b64_json", "url", "both"):
         raise InvalidRequest(f"response_format must be 'b64_json' or 'url', not {response_format!r}",
                              param="response_format")
     given: dict[str, Any] = {k: (body.options or {}).get(k) for k in OPTION_NAMES}
@@ -201,12 +201,12 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     files: ImageFiles = request.app.state.image_files
     data = []
     for result in results:
-        if response_format == "url":
-            token = files.put(result.png)
-            data.append({"url": str(request.base_url).rstrip("/") + f"{FILES_PATH}{token}.png",
-                         "revised_prompt": None})
-        else:
-            data.append({"b64_json": base64.b64encode(result.png).decode(), "revised_prompt": None})
+        item: dict[str, Any] = {"revised_prompt": None}
+        if response_format in ("url", "both"):
+            item["url"] = str(request.base_url).rstrip("/") + f"{FILES_PATH}{files.put(result.png)}.png"
+        if response_format in ("b64_json", "both"):
+            item["b64_json"] = base64.b64encode(result.png).decode()
+        data.append(item)
     return JSONResponse({"created": int(time.time()), "data": data, "output_format": "png",
                          "size": f"{settings.width}x{settings.height}"})
 

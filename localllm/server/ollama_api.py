@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..names import ModelName
+from ..store import image_models
 from ..store.blobs import DIGEST_PATTERN, parse_digest
 from ..store.describe import list_entry, show
 from ..store.models import ModelStore
@@ -85,6 +86,7 @@ async def pull(body: PullRequest, request: Request) -> Response:
 async def delete(body: DeleteRequest, request: Request) -> Response:
     name = ModelName.parse(body.model)
     await run_in_threadpool(_store(request).delete, name)
+    await run_in_threadpool(image_models.remove_orphan_folders, _store(request))  # an image model's conversions
     return Response(status_code=200)
 
 

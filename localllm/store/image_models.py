@@ -116,7 +116,7 @@ def variant_folder(store: ModelStore, model: ImageModel, width: int, height: int
 
 
 def clean(store: ModelStore) -> int:
-    """Remove staging folders of processes that are gone, and folders of models no manifest names."""
+    """At start: remove staging folders of processes that are gone, and folders of models no manifest names."""
     removed = 0
     staging = staging_root(store)
     if staging.is_dir():
@@ -125,6 +125,13 @@ def clean(store: ModelStore) -> int:
             if not pid.isdigit() or not _alive(int(pid)) or int(pid) == os.getpid():
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
+    return removed + remove_orphan_folders(store, temps=True)
+
+
+def remove_orphan_folders(store: ModelStore, temps: bool = False) -> int:
+    """Remove the folders (links, conversions for other sizes) of image models no manifest names any more;
+    ``temps``: also half-made folders (at start only: at run time they may be in the making)."""
+    removed = 0
     root = images_root(store)
     if root.is_dir():
         keys = {entry.digest.split(":", 1)[1][:16] for entry in store.list()}
@@ -132,7 +139,7 @@ def clean(store: ModelStore) -> int:
             if folder.name not in keys:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
-            else:
+            elif temps:
                 for part in folder.glob(".tmp-*"):
                     shutil.rmtree(part, ignore_errors=True)
     return removed

@@ -2,8 +2,8 @@
 
 Plan (errors before any write): list the repository, keep the files a pipeline needs
 (``model_index.json``, text encoder(s), UNet, VAE decoder, tokenizer(s), scheduler). Execute:
-fetch each into the blob store (large files verified against the Hub's sha256 and resumable, as
-for GGUF pulls; small git files hashed as they arrive), show them as a folder of links, convert it
+fetch each into the blob store (LFS files verified against the Hub's sha256 and resumable, as
+for GGUF pulls; git files, which come without one, hashed as they arrive), show them as a folder of links, convert it
 in a child process for the model's default size (progress: ``converting <component>``), store
 every converted file as a blob and commit one manifest naming both. A pull killed at any point
 leaves blobs no manifest names (pruned at the next start) and a staging folder (removed then).
@@ -11,10 +11,10 @@ leaves blobs no manifest names (pruned at the next start) and a staging folder (
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers
 
 from .. import __version__
-from ..errors import RegistryError, RemoteNotFound
+from ..errors import RemoteNotFound
 from ..names import DEFAULT_HOST, DEFAULT_NAMESPACE, ModelName
 from . import image_models
 from .blobs import sha256_file
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 FOLDERS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "tokenizer", "tokenizer_2", "scheduler")
 REQUIRED = ("model_index.json", "text_encoder/model.onnx", "unet/model.onnx", "vae_decoder/model.onnx")
-SMALL_FILE_LIMIT = 64 * 1024 * 1024  # a git (non-LFS) file is small; anything bigger must come with a sha256
 PRECISION = "fp16"
 
 
@@ -111,8 +110,6 @@ def plan(puller: Puller, name: ModelName, repo_id: str, files: list[RepoFile],
             f = puller._with_sha256(repo_id, f)  # an LFS file listed without its sha256: ask its HEAD
         if f.sha256 is not None:
             planned.append(SourceFile(f.path, f.size, puller._planned(repo_id, f).digest))
-        elif f.size > SMALL_FILE_LIMIT:
-            raise RegistryError(f"the Hub gave no sha256 for {repo_id}/{f.path}, so it cannot be verified")
         else:
             planned.append(SourceFile(f.path, f.size, None))
     params = dict(catalog.params) if catalog else {}
@@ -125,10 +122,10 @@ def execute(puller: Puller, plan: ImagePullPlan, emit: Emit) -> None:
     staging = image_models.new_staging(store)
     try:
         with store.pinned(f.digest for f in plan.files if f.digest):
-            sources = {f.path: _fetch(puller, plan, f, emit) for f in plan.files}
+            sources = {f.path: _fetch(puller, plan, f, emit, staging) for f in plan.files}
             with store.pinned(sources.values()):
                 src = image_models.link_folder(store, sources, staging / "src")
-                defaults = _defaults(src, plan)
+                defaults = _defaults(plan)
                 out = staging / "out"
                 last = [0.0]
 
@@ -139,11 +136,13 @@ def execute(puller: Puller, plan: ImagePullPlan, emit: Emit) -> None:
 
                 from ..images.convert_process import convert_in_child
 
-                convert_in_child(src, out, PRECISION, defaults["width"], defaults["height"], progress)
+                convert_in_child(src, out, PRECISION, defaults.get("width", 0), defaults.get("height", 0), progress)
                 emit({"status": "verifying sha256 digest"})
                 layers = [Layer(mediaType=MediaType.IMAGE_SOURCE, digest=d, size=store.blobs.size(d),
                                 annotations={FILENAME_ANNOTATION: p}) for p, d in sources.items()]
                 info = json.loads((out / "pipeline.json").read_text())
+                defaults.setdefault("width", info["width"])
+                defaults.setdefault("height", info["height"])
                 layers += _store_converted(store, out)  # moves the files into the blob store
                 layers.append(store.add_bytes(json.dumps(defaults, sort_keys=True).encode(), MediaType.PARAMS))
                 total_source = sum(store.blobs.size(d) for d in sources.values())
@@ -165,8 +164,9 @@ def execute(puller: Puller, plan: ImagePullPlan, emit: Emit) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _fetch(puller: Puller, plan: ImagePullPlan, f: SourceFile, emit: Emit) -> str:
-    """The file's blob digest, fetching it when the store lacks it."""
+def _fetch(puller: Puller, plan: ImagePullPlan, f: SourceFile, emit: Emit, staging: Path) -> str:
+    """The file's blob digest, fetching it when the store lacks it. A file the Hub gives no sha256 for
+    (git files: configs, tokenizer; ONNX files of a Hub without LFS) is hashed as it arrives."""
     if f.digest is not None:
         from .registry import PlannedFile
 
@@ -177,31 +177,27 @@ def _fetch(puller: Puller, plan: ImagePullPlan, f: SourceFile, emit: Emit) -> st
     url = hf_hub_url(plan.repo_id, f.path, revision=plan.revision, endpoint=settings.hf_endpoint)
     headers = build_hf_headers(token=settings.hf_token or False, library_name="localllm",
                                library_version=__version__)
-    buffer = io.BytesIO()
     from .registry import _hub_errors
 
-    with _hub_errors(plan.repo_id, settings.hf_endpoint, f.path):
-        http_get(url, buffer, headers=headers, displayed_filename=f.path)  # type: ignore[arg-type]
-    data = buffer.getvalue()
-    if len(data) > SMALL_FILE_LIMIT:
-        raise RegistryError(f"{plan.repo_id}/{f.path} is larger than announced")
-    return puller.store.add_bytes(data, MediaType.IMAGE_SOURCE).digest
+    store = puller.store
+    tmp = staging / f"download-{uuid.uuid4().hex[:12]}"  # on the store's disk: adopted by a rename
+    try:
+        with tmp.open("w+b") as handle, _hub_errors(plan.repo_id, settings.hf_endpoint, f.path):
+            emit({"status": f"pulling {f.path}"})
+            http_get(url, handle, headers=headers, expected_size=f.size or None, displayed_filename=f.path)
+        digest = sha256_file(tmp)
+        with store._lock:  # no prune between the move and the mark
+            if not store.blobs.exists(digest):
+                store.blobs.adopt(tmp, digest)
+            store.mark_fresh(digest)
+        return digest
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _defaults(src: Path, plan: ImagePullPlan) -> dict[str, Any]:
-    """The params layer: the catalog's defaults, or the size the UNet was trained at (``unet/config.json``)."""
+def _defaults(plan: ImagePullPlan) -> dict[str, Any]:
+    """The params layer: the catalog's defaults; without them, the size comes from the conversion."""
     params = dict(plan.params)
-    if "width" not in params:
-        size = 512
-        config = src / "unet" / "config.json"
-        if config.exists():
-            try:
-                sample = json.loads(config.read_text()).get("sample_size")
-                if isinstance(sample, int) and 0 < sample <= 256:
-                    size = sample * 8
-            except ValueError:
-                pass
-        params.update(width=size, height=size)
     params.setdefault("steps", 20)
     params.setdefault("guidance", 7.5)
     params.setdefault("scheduler", "euler_a")
