@@ -364,6 +364,17 @@ def test_image_parameters_for_modelfiles() -> None:
     assert (chosen.steps, chosen.scheduler, chosen.width, chosen.height) == (3, "ddim", 128, 64)
 
 
+def test_image_urls_expire_and_never_name_a_path() -> None:
+    from localllm.server.images_api import ImageFiles
+
+    files = ImageFiles(ttl=0.2)
+    token = files.put(b"png")
+    assert len(token) == 32 and files.get(token) == b"png"
+    assert files.get("../../models/blobs") is None and files.get(token[:-1] + "/") is None
+    time.sleep(0.3)
+    assert files.get(token) is None
+
+
 # --- the CLI -------------------------------------------------------------------------------
 def test_cli_run_writes_a_png_and_prints_its_path(images_daemon: Daemon, tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:

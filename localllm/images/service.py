@@ -192,9 +192,7 @@ class ImageService:
     async def generate(self, model: ImageModel, prompt: str, settings: ImageSettings, seed: int,
                        keep_alive: float | None = None) -> AsyncIterator[Progress | Result]:
         """Progress per step, then the Result; raises our errors (before the first event where it can)."""
-        handle = self._workers.get(model.key)
-        if handle is None or handle.model.entry.digest != model.entry.digest:
-            handle = self._workers.setdefault(model.key, WorkerHandle(model=model))
+        handle = self._workers.setdefault(model.key, WorkerHandle(model=model))
         if handle.waiting >= self.max_queue + 1:
             raise ServerBusy(f"{model.entry.name.display} has {handle.waiting} image requests waiting; "
                              "try again shortly", retry_after=5)
@@ -247,8 +245,8 @@ class ImageService:
             handle.expires_at = FOREVER if ka < 0 else time.monotonic() + ka
             handle.lock.release()
             self.scheduler.notify_idle()
-            if ka == 0 and not handle.busy:
-                asyncio.get_running_loop().create_task(self._stop(handle))
+            if ka == 0:
+                asyncio.get_running_loop().create_task(self._stop_if_idle(handle))
 
     async def _ensure_running(self, handle: WorkerHandle, settings: ImageSettings) -> int:
         """Start the worker (room made in the budget first); returns the nanoseconds it took."""
@@ -266,8 +264,11 @@ class ImageService:
         handle.memory, handle.resident = need, True  # counted from here, before the process starts
         try:
             await handle.start()
-        except BaseException:
+        except BaseException:  # a failed start, or a client gone meanwhile: no half-started worker stays
             handle.resident = False
+            if handle.proc is not None and handle.proc.returncode is None:
+                handle.proc.kill()
+            handle.proc = None
             raise
         log.info("started an image worker for %s (pid %d, ~%d MiB)", label, handle.proc.pid if handle.proc else 0,
                  need // MIB)
@@ -278,10 +279,15 @@ class ImageService:
         self.scheduler.notify_idle()
         log.info("stopped the image worker of %s", handle.model.entry.name.display)
 
-    async def unload(self, model: ImageModel) -> None:
-        handle = self._workers.get(model.key)
-        if handle is not None and handle.resident and not handle.busy:
+    async def _stop_if_idle(self, handle: WorkerHandle) -> None:
+        if handle.resident and not handle.busy:
             await self._stop(handle)
+
+    async def unload(self, model: ImageModel) -> None:
+        """Stop the model's worker now if it is idle (a request with ``keep_alive: 0`` and no prompt)."""
+        handle = self._workers.get(model.key)
+        if handle is not None:
+            await self._stop_if_idle(handle)
 
     # --- housekeeping ----------------------------------------------------------
     def start(self) -> None:

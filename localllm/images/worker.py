@@ -26,7 +26,9 @@ import threading
 import time
 from typing import IO, Any
 
-PROVIDER = os.environ.get("LOCALLLM_IMAGE_PROVIDER", "disk")
+# weights read from the page cache just in time: the lowest peak (bench/diffusion-results.md); a read-ahead
+# thread ("prefetch") pays off only on slow disks, and "ram" holds the whole model
+PROVIDER = "disk"
 
 
 class Cancelled(Exception):
