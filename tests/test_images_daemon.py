@@ -135,6 +135,24 @@ def test_pulled_model_is_listed_shown_copied_and_removed(images_daemon: Daemon) 
     assert {"unet/graph.json", "unet/weights.bin", "pipeline.json", "tokenizer/vocab.json"} <= paths
 
 
+def test_catalog_name_pulls_with_its_defaults(images_daemon: Daemon, module_hub: FakeHub,
+                                              tiny_sd_onnx: Path) -> None:
+    """``sd-turbo`` is a Hub repository plus defaults: 1 step, no guidance, 512 x 512."""
+    from localllm.store.image_pull import IMAGE_CATALOG
+
+    publish_tiny_sd(module_hub, tiny_sd_onnx, IMAGE_CATALOG["sd-turbo"].repo_id)
+    assert pull_events(images_daemon, "sd-turbo")[-1] == {"status": "success"}
+    with images_daemon.client() as client:
+        shown = client.post("/api/show", json={"model": "sd-turbo"}).json()
+        assert shown["capabilities"] == ["image"] and shown["model_info"]["image.width"] == 512
+        assert "guidance" in shown["parameters"] and shown["details"]["family"] == "sd-turbo"
+    with images_daemon.client() as client, client.stream("POST", "/api/generate",
+                                                         json={"model": "sd-turbo", "prompt": "a cat"}) as r:
+        events = [json.loads(line) for line in r.iter_lines() if line.strip()]
+    assert [(e["completed"], e["total"]) for e in events[:-1]] == [(1, 1)]
+    assert png_size(base64.b64decode(events[-1]["image"])) == (512, 512)
+
+
 # --- /api/generate ---------------------------------------------------------------------
 def test_api_generate_streams_steps_and_is_deterministic_by_seed(images_daemon: Daemon) -> None:
     events = generate(images_daemon, prompt="a red cat", steps=3, options={"seed": 7})

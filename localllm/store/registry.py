@@ -101,8 +101,8 @@ class Puller:
         elif name.host.lower() == DEFAULT_HOST and name.namespace.lower() == DEFAULT_NAMESPACE:
             raise RemoteNotFound(
                 f"model '{name.display}' not found: it is not in the catalog "
-                f"({', '.join(catalog.catalog_names())}); pull any GGUF repository of the Hugging Face Hub "
-                "as hf.co/<user>/<repo>[:quant]"
+                f"({', '.join(catalog.catalog_names() + sorted(image_pull.IMAGE_CATALOG))}); pull any GGUF "
+                "repository of the Hugging Face Hub as hf.co/<user>/<repo>[:quant], or a diffusers ONNX one"
             )
         else:
             raise RemoteNotFound(
