@@ -174,6 +174,11 @@ def test_api_generate_other_size_and_stream_false(images_daemon: Daemon) -> None
         reply = client.post("/api/generate", json=body).json()
     assert reply["done"] is True
     assert png_size(base64.b64decode(reply["image"])) == (128, 64)  # converted on demand from the sources
+    with images_daemon.client() as client:
+        body = {"model": MODEL, "prompt": "a castle", "steps": 1, "stream": False, "options": {"precision": "uint8"}}
+        assert png_size(base64.b64decode(client.post("/api/generate", json=body).json()["image"])) == (64, 64)
+    variants = {p.name for p in (images_daemon.home / "models" / "images").glob("*/*")}
+    assert {"default", "source", "128x64-fp16", "64x64-uint8"} <= variants
 
 
 def test_official_ollama_client(images_daemon: Daemon) -> None:
@@ -277,6 +282,25 @@ def test_worker_in_ps_budget_and_keep_alive(images_daemon: Daemon) -> None:
         assert f"{MODEL}:latest" not in {m["name"] for m in client.get("/api/ps").json()["models"]}
 
 
+def test_jobs_for_one_model_run_one_at_a_time(images_daemon: Daemon) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed(seed: int) -> tuple[float, float]:
+        events = []
+        with images_daemon.client() as client, client.stream(
+                "POST", "/api/generate", json={"model": MODEL, "prompt": "a cat", "steps": 4,
+                                               "options": {"seed": seed}}) as r:
+            for line in r.iter_lines():
+                events.append((time.monotonic(), json.loads(line)))
+        assert events[-1][1]["done"] and len(events) == 5
+        return events[0][0], events[-1][0]  # first step, image
+
+    with ThreadPoolExecutor(3) as pool:
+        spans = sorted(pool.map(timed, [1, 2, 3]))
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end - 0.05  # the next job's first step comes after the previous image
+
+
 def test_disconnect_cancels_the_job_between_steps(images_daemon: Daemon) -> None:
     body = {"model": MODEL, "prompt": "a slow one", "width": 256, "height": 256, "steps": 150,
             "options": {"guidance": 7.5}}
@@ -300,6 +324,20 @@ def test_memory_budget_too_small_for_a_worker(make_daemon, hub: FakeHub, tiny_sd
     with daemon.client() as client:
         r = client.post("/v1/images/generations", json={"model": MODEL, "prompt": "a cat", "steps": 1})
     assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient_memory"
+
+
+def test_a_full_queue_is_503(make_daemon, hub: FakeHub, tiny_sd_onnx: Path) -> None:
+    publish_tiny_sd(hub, tiny_sd_onnx)
+    daemon = make_daemon(LOCALLLM_MAX_QUEUE="0").start()
+    assert pull_events(daemon, MODEL)[-1] == {"status": "success"}
+    slow = {"model": MODEL, "prompt": "a slow one", "width": 256, "height": 256, "steps": 150}
+    with daemon.client() as client, client.stream("POST", "/api/generate", json=slow) as r:
+        lines = r.iter_lines()  # kept: a dropped iterator closes the connection (and cancels the job)
+        assert json.loads(next(lines)).get("completed") == 1  # the first step: the worker is busy
+        with daemon.client() as other:
+            busy = other.post("/v1/images/generations", json={"model": MODEL, "prompt": "a cat", "steps": 1})
+        assert busy.status_code == 503 and busy.headers["Retry-After"] and busy.json()["error"]["message"]
+        del lines
 
 
 def test_killed_pull_leaves_nothing_and_pulls_again(make_daemon, hub: FakeHub, tiny_sd_onnx: Path) -> None:
@@ -400,6 +438,8 @@ def test_cli_run_writes_a_png_and_prints_its_path(images_daemon: Daemon, tmp_pat
             **images_daemon.env, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
             capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
+    pulled = images_daemon.cli("pull", MODEL)  # again: the files are the same, so is the conversion
+    assert pulled.returncode == 0 and "success" in pulled.stderr and "converting" not in pulled.stderr
     done = run(MODEL, "a lighthouse at dusk", "--steps", "2", "--seed", "5", "--negative", "fog")
     assert done.returncode == 0, done.stderr
     path = Path(done.stdout.strip())

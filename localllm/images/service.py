@@ -193,7 +193,7 @@ class ImageService:
                        keep_alive: float | None = None) -> AsyncIterator[Progress | Result]:
         """Progress per step, then the Result; raises our errors (before the first event where it can)."""
         handle = self._workers.setdefault(model.key, WorkerHandle(model=model))
-        if handle.waiting >= self.max_queue + 1:
+        if handle.lock.locked() and handle.waiting >= self.max_queue:
             raise ServerBusy(f"{model.entry.name.display} has {handle.waiting} image requests waiting; "
                              "try again shortly", retry_after=5)
         started = time.monotonic_ns()

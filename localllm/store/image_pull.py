@@ -124,6 +124,9 @@ def execute(puller: Puller, plan: ImagePullPlan, emit: Emit) -> None:
         with store.pinned(f.digest for f in plan.files if f.digest):
             sources = {f.path: _fetch(puller, plan, f, emit, staging) for f in plan.files}
             with store.pinned(sources.values()):
+                if _unchanged(store, plan, sources):
+                    emit({"status": "verifying sha256 digest"})  # the same files: the conversion stands
+                    return
                 src = image_models.link_folder(store, sources, staging / "src")
                 defaults = _defaults(plan)
                 out = staging / "out"
@@ -193,6 +196,16 @@ def _fetch(puller: Puller, plan: ImagePullPlan, f: SourceFile, emit: Emit, stagi
         return digest
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _unchanged(store: Any, plan: ImagePullPlan, sources: dict[str, str]) -> bool:
+    """The model is stored already, converted from exactly these files (a repeated pull)."""
+    if not store.exists(plan.name):
+        return False
+    manifest = store.get(plan.name).manifest
+    stored = {layer.filename: layer.digest for layer in manifest.layers_of(MediaType.IMAGE_SOURCE)}
+    converted = manifest.layers_of(MediaType.IMAGE_FILE)
+    return stored == sources and bool(converted) and all(store.blobs.exists(layer.digest) for layer in manifest.layers)
 
 
 def _defaults(plan: ImagePullPlan) -> dict[str, Any]:
