@@ -92,9 +92,14 @@ def main(argv: list[str]) -> None:
     parent = os.getppid()
     out = sys.stdout
 
+    totals: dict[str, int] = {}
+
     def step(component: str, done: int, total: int) -> None:
         if os.getppid() != parent:
             os._exit(3)  # the daemon is gone: nobody will commit this
+        if done == total == 1 and totals.get(component, 1) > 1:
+            done = total = totals[component]  # the converter's "finished" call: the op count, all done
+        totals[component] = total
         if done == total or done % 25 == 0:
             out.write(json.dumps({"component": component, "done": done, "total": total}) + "\n")
             out.flush()

@@ -144,15 +144,15 @@ def execute(puller: Puller, plan: ImagePullPlan, emit: Emit) -> None:
                 layers = [Layer(mediaType=MediaType.IMAGE_SOURCE, digest=d, size=store.blobs.size(d),
                                 annotations={FILENAME_ANNOTATION: p}) for p, d in sources.items()]
                 info = json.loads((out / "pipeline.json").read_text())
+                parameter_size = _parameter_size(out)
                 defaults.setdefault("width", info["width"])
                 defaults.setdefault("height", info["height"])
                 layers += _store_converted(store, out)  # moves the files into the blob store
                 layers.append(store.add_bytes(json.dumps(defaults, sort_keys=True).encode(), MediaType.PARAMS))
-                total_source = sum(store.blobs.size(d) for d in sources.values())
                 config = store.add_config({
                     "model_format": image_models.FORMAT,
                     "model_family": plan.family or ("sdxl" if info.get("sdxl") else "sd"),
-                    "model_type": _human(total_source),
+                    "model_type": parameter_size,
                     "file_type": PRECISION.upper(),
                     "capabilities": ["image"],
                     "sdxl": bool(info.get("sdxl")),
@@ -233,5 +233,15 @@ def _store_converted(store: Any, out: Path) -> list[Layer]:
     return layers
 
 
-def _human(size: int) -> str:
-    return f"{size / 1e9:.1f}GB" if size >= 1e9 else f"{size / 1e6:.0f}MB"
+def _parameter_size(out: Path) -> str:
+    """Weights of every converted component, counted from their graphs: ``1.1B``, ``983M``, ``4.2M``."""
+    count = 0
+    for graph in out.glob("*/graph.json"):
+        for spec in json.loads(graph.read_text()).get("weights", {}).values():
+            n = 1
+            for dim in spec.get("shape", []):
+                n *= int(dim)
+            count += n
+    if count >= 1e9:
+        return f"{count / 1e9:.1f}B"
+    return f"{count / 1e6:.0f}M" if count >= 1e7 else f"{count / 1e6:.1f}M"
