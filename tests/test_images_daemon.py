@@ -266,6 +266,8 @@ def test_api_bad_input_and_text_requests_to_an_image_model(images_daemon: Daemon
                 assert error["param"] == "model" and "image model" in error["message"]
             else:
                 assert "image model" in error
+        r = client.post("/api/generate", json={"model": TEXT_MODEL, "prompt": "a cat", "width": 64})
+        assert r.status_code == 400 and "not an image model" in r.json()["error"]
         # a text model still answers text through /api/generate
         r = client.post("/api/generate", json={"model": TEXT_MODEL, "prompt": "hi", "stream": False,
                                                "options": {"num_predict": 2}})

@@ -98,6 +98,10 @@ async def generate_route(body: GenerateRequest, request: Request) -> Response:
     if image is not None:  # an image model: the prompt becomes a picture
         return await generate_image(request, image, body, _keep_alive(body.keep_alive))
     facts = await _facts(request, body.model)
+    asked = [field for field in ("width", "height", "steps") if getattr(body, field) is not None]
+    if asked:
+        raise UnsupportedInput(f"{facts.name.display} is not an image model: {', '.join(asked)} are for image "
+                               "models", param="model")
     options = parse_options(body.options)
     keep_alive = _keep_alive(body.keep_alive)
     grammar_for(body.format)  # a bad format is a 400 before anything loads
