@@ -15,7 +15,7 @@ import json
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +93,6 @@ class ImagePullPlan:
     family: str
     revision: str = "main"
     source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def plan(puller: Puller, name: ModelName, repo_id: str, files: list[RepoFile],
