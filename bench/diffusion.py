@@ -14,6 +14,11 @@ RSS (ru_maxrss) and wall time of the text encoder, one UNet step at 512×512 wit
 (guidance), the VAE decode (whole, and in the image's blended tiles), and a whole 512×512 image.
 A component's first run and a second, warm one are both timed. Prints a table and the ratios.
 Goals: the whole image in <= 300 MB peak RSS (fp16 or uint8), a UNet step <= 2.0x onnxruntime.
+
+The daemon's share: ``daemon-worker [PRECISION]`` runs the image as a daemon job in the worker process
+the daemon starts (``localllm.images.worker``) and reports its peak RSS (its own ru_maxrss, and sampled
+from outside); ``through-daemon`` does it end to end: the ONNX folder served by the Hub stand-in, pulled
+and converted by a real daemon, one 512x512 image by /api/generate, every process's RSS sampled.
 """
 
 from __future__ import annotations
@@ -200,6 +205,129 @@ def ort_image(src: Path, steps: int) -> dict:
     return {"times": [time.perf_counter() - start], "peak_rss_mb": peak_rss_mb()}
 
 
+def daemon_worker(cache: Path, precision: str, steps: int) -> dict:
+    """The daemon's image worker process (``localllm.images.worker``, as the daemon starts it) on a 512x512
+    job over the image's conversion: its peak RSS as it reports it (ru_maxrss) and as sampled from outside."""
+    import psutil
+
+    folder = cache / f"sd15-{precision}"
+    proc = subprocess.Popen([sys.executable, "-m", "localllm.images.worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdin and proc.stdout
+    watched, sampled, stop = psutil.Process(proc.pid), [0], False
+
+    def sample() -> None:
+        while not stop:
+            try:
+                sampled[0] = max(sampled[0], watched.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+    import threading
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    ready = json.loads(proc.stdout.readline())
+    idle_rss = watched.memory_info().rss
+    job = {"folder": str(folder), "prompt": PROMPT, "negative_prompt": "blurry", "steps": steps,
+           "guidance": 7.5, "seed": 1, "scheduler": "euler_a"}
+    start = time.perf_counter()
+    proc.stdin.write(json.dumps({"id": 1, "job": job}) + "\n")
+    proc.stdin.flush()
+    while True:
+        event = json.loads(proc.stdout.readline())
+        if event["event"] in ("done", "error", "cancelled"):
+            break
+    elapsed = time.perf_counter() - start
+    stop = True
+    thread.join()
+    proc.stdin.close()
+    proc.wait(30)
+    if event["event"] != "done":
+        return {"error": event.get("message", event["event"])}
+    return {"times": [elapsed], "peak_rss_mb": event["peak_rss"] / 2**20,
+            "sampled_peak_rss_mb": sampled[0] / 2**20, "idle_rss_mb": idle_rss / 2**20, "pid": ready["pid"],
+            "engine_peak_mb": {k: v / 1e6 for k, v in event["engine_peak"].items()}}
+
+
+def through_daemon(cache: Path, steps: int) -> dict:
+    """End to end: the diffusers ONNX folder served by the Hub stand-in, pulled (and converted) by a real
+    daemon, then one 512x512 image by /api/generate; every process's RSS sampled from outside."""
+    import shutil
+    import tempfile
+    import threading
+
+    import httpx
+    import psutil
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from daemon import start_daemon, stop
+
+    src = cache / "sd15-onnx"
+    files = [p for p in sorted(src.rglob("*")) if p.is_file() and p.name != "done"]
+    work = Path(tempfile.mkdtemp(prefix="localllm-bench-images-"))
+    hub = daemon = None
+    peaks: dict[str, int] = {}
+    stop_sampling = False
+
+    def sample(root: psutil.Process) -> None:
+        while not stop_sampling:
+            try:
+                for proc in [root, *root.children(recursive=True)]:
+                    cmd = " ".join(proc.cmdline())
+                    kind = ("worker" if "images.worker" in cmd else "converter" if "convert_process" in cmd
+                            else "daemon" if proc.pid == root.pid else "other")
+                    peaks[kind] = max(peaks.get(kind, 0), proc.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    try:
+        hub = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fakehub.py"),
+                                *[f"--file=bench/sd15-onnx:{p.relative_to(src).as_posix()}={p}" for p in files]],
+                               stdout=subprocess.PIPE, text=True)
+        endpoint = ""
+        while not endpoint:
+            line = hub.stdout.readline() if hub.stdout else ""
+            if not line:
+                raise SystemExit("the Hub stand-in did not start")
+            endpoint = line.strip().partition("HF_ENDPOINT=")[2]
+        daemon, base_url = start_daemon(work / "home", HF_ENDPOINT=endpoint, HF_HOME=str(work / "hf"))
+        sampler = threading.Thread(target=sample, args=(psutil.Process(daemon.pid),), daemon=True)
+        sampler.start()
+        with httpx.Client(base_url=base_url, timeout=None) as client:
+            start = time.perf_counter()
+            last = {}
+            with client.stream("POST", "/api/pull", json={"model": "hf.co/bench/sd15-onnx"}) as r:
+                for line in r.iter_lines():
+                    last = json.loads(line)
+            pull_seconds = time.perf_counter() - start
+            if last != {"status": "success"}:
+                return {"error": f"pull: {last}"}
+            pull_peaks, peaks = dict(peaks), {}
+            body = {"model": "hf.co/bench/sd15-onnx", "prompt": PROMPT, "width": 512, "height": 512, "steps": steps,
+                    "options": {"seed": 1, "guidance": 7.5, "negative_prompt": "blurry", "scheduler": "euler_a"},
+                    "stream": False}
+            start = time.perf_counter()
+            reply = client.post("/api/generate", json=body).json()
+            seconds = time.perf_counter() - start
+            ps = client.get("/api/ps").json()["models"]
+        stop_sampling = True
+        sampler.join()
+        if "image" not in reply:
+            return {"error": f"generate: {reply}"}
+        mb = 2**20
+        return {"times": [seconds], "peak_rss_mb": peaks.get("worker", 0) / mb,
+                "daemon_peak_rss_mb": peaks.get("daemon", 0) / mb, "pull_and_convert_s": pull_seconds,
+                "pull_peaks_mb": {k: v / mb for k, v in pull_peaks.items()},
+                "budgeted_mb": ps[0]["size"] / mb if ps else None}
+    finally:
+        stop_sampling = True
+        stop(daemon, hub)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def measure(cache: Path, engine: str, task: str, precision: str = "-", provider: str = "-", steps: int = 4,
             runs: int = 2) -> dict:
     cmd = [sys.executable, __file__, "--cache", str(cache), "worker", engine, task, precision, provider,
@@ -225,6 +353,13 @@ def main() -> None:
     if args.rest and args.rest[0] == "worker":
         engine, task, precision, provider, steps, runs = args.rest[1:]
         print(json.dumps(worker(args.cache, engine, task, precision, provider, int(steps), int(runs))))
+        return
+    if args.rest and args.rest[0] == "daemon-worker":  # daemon-worker [PRECISION]: only the worker's figure
+        result = daemon_worker(args.cache, args.rest[1] if len(args.rest) > 1 else "fp16", args.steps)
+        print(json.dumps(result, indent=2))
+        return
+    if args.rest and args.rest[0] == "through-daemon":  # pull + convert + one image through a real daemon
+        print(json.dumps(through_daemon(args.cache, args.steps), indent=2))
         return
     if args.rest and args.rest[0] == "convert":
         convert(args.cache, args.rest[1])
@@ -261,6 +396,9 @@ def main() -> None:
             result = measure(args.cache, "ours", task, precision, provider, args.steps,
                              runs=1 if task == "image" else 2)
             show(f"{task:5s} localllm {precision:5s} {provider:8s}", result, ref)
+        if task == "image":  # the same image as a daemon job: the worker process the daemon starts
+            for precision in dict.fromkeys(p for p, _ in combos):
+                show(f"image daemon worker {precision:5s}", daemon_worker(args.cache, precision, args.steps), ref)
     (args.cache / "results.json").write_text(json.dumps(rows, indent=2))
 
 

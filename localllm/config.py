@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         default=512, ge=0, description="Requests that may wait for a busy model; beyond this they get 503."
     )
+    image_max_size: int = Field(
+        default=2048, ge=64, le=8192, description="Largest image width or height a request may ask for (pixels)."
+    )
+    image_url_ttl: int = Field(
+        default=3600, ge=1, description="Seconds an image URL of /v1/images/generations stays valid."
+    )
     api_key: SecretStr | None = Field(
         default=None,
         description="When set, every request but the health check needs 'Authorization: Bearer <key>'.",

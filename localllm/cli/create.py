@@ -90,9 +90,9 @@ def _parameter_kinds(client: Client, base: str | None) -> dict[str, type] | None
     except ApiError:
         return None  # not here yet: the daemon pulls it and checks the parameters itself
     if "image" in capabilities:
-        from ..images.params import PARAMETER_KINDS
+        from ..images.params import PARAMETERS
 
-        return dict(PARAMETER_KINDS)
+        return dict(PARAMETERS)
     return None
 
 

@@ -160,10 +160,17 @@ def cmd_run(args: argparse.Namespace) -> None:
         wordwrap=not (args.nowordwrap or piped),
     )
     with Client() as client:
+        info = ensure_model(client, args.model, err) if prompt else _shown(client, args.model)
+        if info is not None and "image" in (info.get("capabilities") or []):
+            from .images import run_image
+
+            path = run_image(client, args.model, prompt, err, output=args.output, size=args.size, steps=args.steps,
+                             seed=args.seed, negative=args.negative, keep_alive=args.keepalive)
+            out.print(str(path), markup=False)
+            return
         if not prompt:
             run_repl(client, session)  # pulls and loads the model before the first prompt
             return
-        ensure_model(client, args.model, err)
         answer_once(client, session, prompt)
 
 
@@ -172,6 +179,18 @@ def cmd_create(args: argparse.Namespace) -> None:
         raise LocalLLMError("quantizing is not supported: quantize the GGUF with llama.cpp's llama-quantize first")
     with Client() as client:
         create_model(client, args.model, Path(args.file), err)
+
+
+def _shown(client: Client, model: str) -> dict | None:
+    """The model's /api/show document, None when it is not here yet (the chat pulls it)."""
+    from ..errors import ApiError
+
+    try:
+        return client.show(model)
+    except ApiError as exc:
+        if exc.status_code != 404:
+            raise
+        return None
 
 
 def cmd_ps(_args: argparse.Namespace) -> None:
@@ -252,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--format", choices=["json"], help="Answer in JSON")
     run.add_argument("--keepalive", metavar="DURATION", help="How long the model stays loaded, e.g. 10m, 1h, -1")
     run.add_argument("--nowordwrap", action="store_true", help="Don't wrap answers to the terminal width")
+    images = run.add_argument_group("image models")
+    images.add_argument("--output", "-o", metavar="FILE", help="Where to write the PNG (default: the current folder)")
+    images.add_argument("--size", metavar="WxH", help="Image size, e.g. 512x512")
+    images.add_argument("--steps", type=int, help="Denoising steps")
+    images.add_argument("--seed", type=int, help="Seed: the same seed makes the same image")
+    images.add_argument("--negative", metavar="TEXT", help="Negative prompt: what the image should not show")
     run.set_defaults(func=cmd_run)
 
     create = commands.add_parser("create", help="Create a model from a Modelfile")

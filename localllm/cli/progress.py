@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
@@ -28,16 +29,27 @@ def _bars(console: Console) -> Progress:
     )
 
 
+def _step_bars(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console)
+
+
 def show_pull(events: Iterable[dict[str, Any]], console: Console) -> None:
     """Render Ollama-shaped pull events: bars while files arrive, status lines in between."""
     progress: Progress | None = None
     tasks: dict[str, TaskID] = {}
+    kind = ""
     try:
         for event in events:
-            digest = event.get("digest")
+            # a file's bar is keyed by its digest; an image model's conversion (in steps) by its status
+            digest = event.get("digest") or (event.get("status") if event.get("total") else None)
             if digest and event.get("total"):
+                this = "bytes" if event.get("digest") else "steps"
+                if progress is not None and kind != this:
+                    progress.stop()
+                    progress = None
                 if progress is None:
-                    progress = _bars(console)
+                    kind = this
+                    progress = _bars(console) if this == "bytes" else _step_bars(console)
                     progress.start()
                     tasks.clear()
                 if digest not in tasks:

@@ -43,11 +43,49 @@ class Value:
 
 def load(path: Path | str) -> onnx.ModelProto:
     try:
-        return onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except FileNotFoundError:
         raise InvalidModelFile(f"{path} does not exist") from None
     except Exception as exc:  # protobuf's DecodeError and friends
         raise InvalidModelFile(f"{path} is not a readable ONNX model: {exc}") from None
+    load_external_data(model, Path(path).parent)
+    return model
+
+
+def load_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    """Read tensors kept beside the model (``weights.pb``, ``model.onnx_data``) into it.
+
+    onnx's own loader refuses data files behind links, and the store shows a model as a folder of
+    links to its blobs; here the file must sit in ``folder`` itself under a plain name (no
+    separators, no ``..``), which is what keeps a model from reading outside its folder."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    handles: dict[str, Any] = {}
+    try:
+        for tensor in _get_all_tensors(model):
+            if not uses_external_data(tensor):
+                continue
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            location = info.get("location", "")
+            if not location or "/" in location or "\\" in location or location.startswith("."):
+                raise InvalidModelFile(f"tensor {tensor.name} names external data {location!r} outside its folder")
+            if location not in handles:
+                try:
+                    handles[location] = (folder / location).open("rb")
+                except OSError as exc:
+                    raise InvalidModelFile(f"external data {location} of {folder.name}: {exc.strerror}") from None
+            handle = handles[location]
+            handle.seek(int(info.get("offset") or 0))
+            length = int(info["length"]) if "length" in info else -1
+            data = handle.read(length)
+            if length >= 0 and len(data) != length:
+                raise InvalidModelFile(f"external data {location} of {folder.name} is shorter than its tensors")
+            tensor.raw_data = data
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    finally:
+        for handle in handles.values():
+            handle.close()
 
 
 def attributes(node: onnx.NodeProto) -> dict[str, Any]:

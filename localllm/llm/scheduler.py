@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ..errors import InsufficientMemory, InvalidModelFile, ServerBusy
+from ..errors import InsufficientMemory, InvalidModelFile, ServerBusy, UnsupportedInput
 from ..gguf_info import GGUFInfo, read_gguf
 from ..names import ModelName
 from ..store.manifests import ManifestEntry, MediaType
@@ -76,6 +76,18 @@ class Loaded:
         return datetime.now(UTC) + timedelta(seconds=max(0.0, self.expires_at - time.monotonic()))
 
 
+class Tenant(Protocol):
+    """Something else that lives in the memory budget (the image workers)."""
+
+    def resident_memory(self) -> int: ...
+
+    def resident_count(self) -> int: ...
+
+    async def evict_idle(self) -> bool:
+        """Stop the least recently used idle resident; False when none is idle."""
+        ...
+
+
 @lru_cache(maxsize=64)
 def _gguf_info(digest: str, path: Path) -> GGUFInfo:
     """Blobs never change under their digest, so their header is read once (it costs tens of ms)."""
@@ -100,10 +112,14 @@ class Scheduler:
         self._loaded: dict[tuple, Loaded] = {}
         self._loading: dict[tuple, asyncio.Lock] = {}
         self._reaper: asyncio.Task | None = None
+        self.tenants: list[Tenant] = []
 
     # --- facts ---------------------------------------------------------------
     def facts(self, name: ModelName) -> ModelFacts:
         entry = self.store.get(name)
+        if entry.manifest.layer(MediaType.IMAGE_FILE) is not None:
+            raise UnsupportedInput(f"{entry.name.display} is an image model: it makes images (/api/generate with a "
+                                   "prompt, or /v1/images/generations), not text or embeddings", param="model")
         paths = self.store.model_paths(entry.manifest)
         if not paths:
             raise InvalidModelFile(f"'{entry.name.display}' has no model layer")
@@ -211,9 +227,40 @@ class Scheduler:
         return estimate(facts.info, weights, config.n_ctx * config.n_parallel, config.n_batch)
 
     def _fits(self, memory: int) -> bool:
-        used = sum(item.memory for item in self._loaded.values())
+        used = sum(item.memory for item in self._loaded.values()) + sum(t.resident_memory() for t in self.tenants)
         within_budget = self.memory_budget is None or used + memory <= self.memory_budget
-        return within_budget and len(self._loaded) < self.max_loaded
+        return within_budget and len(self._loaded) + sum(t.resident_count() for t in self.tenants) < self.max_loaded
+
+    async def reserve(self, label: str, memory: int) -> None:
+        """Make room for a tenant's new resident (an image worker) of ``memory`` bytes, as for a model load."""
+        if self.memory_budget is not None and memory > self.memory_budget:
+            raise InsufficientMemory(f"{label} needs about {gib(memory)}, more than the memory budget of "
+                                     f"{gib(self.memory_budget)} (LOCALLLM_MAX_MEMORY)")
+        deadline = time.monotonic() + WAIT_FOR_ROOM
+        while not self._fits(memory):
+            if await self._evict_one():
+                continue
+            if time.monotonic() >= deadline:
+                raise ServerBusy(f"every loaded model is busy and {label} does not fit beside them; try again "
+                                 "shortly", retry_after=5)
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=1.0)
+
+    async def _evict_one(self) -> bool:
+        """Unload the least recently used idle model, else an idle tenant resident."""
+        idle = [item for item in self._loaded.values() if item.active == 0]
+        if idle:
+            await self._unload(min(idle, key=lambda item: item.last_used))
+            return True
+        for tenant in self.tenants:
+            if await tenant.evict_idle():
+                return True
+        return False
+
+    def notify_idle(self) -> None:
+        """A tenant's resident became idle: a waiting load looks again."""
+        self._idle.set()
 
     async def _make_room(self, facts: ModelFacts, config: LoadConfig, memory: int) -> None:
         if self.memory_budget is not None and memory > self.memory_budget:
@@ -230,9 +277,7 @@ class Scheduler:
                 await self._unload(loaded)
         deadline = time.monotonic() + WAIT_FOR_ROOM
         while not self._fits(memory):
-            idle = [item for item in self._loaded.values() if item.active == 0]
-            if idle:
-                await self._unload(min(idle, key=lambda item: item.last_used))
+            if await self._evict_one():
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -13,13 +13,16 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..config import Settings, get_settings, is_loopback_host
+from ..images.params import modelfile_parameters
+from ..images.service import ImageService
 from ..llm.options import parse_keep_alive
 from ..llm.scheduler import Scheduler
 from ..metrics import Metrics
 from ..modelfile.create import ModelCreator
+from ..store import image_models
 from ..store.models import ModelStore
 from ..store.registry import Puller
-from . import ollama_api, ollama_inference, openai_api
+from . import images_api, ollama_api, ollama_inference, openai_api
 from .auth import require_api_key
 from .errors import install_error_handlers
 from .middleware import JsonBodyMiddleware, LoopbackHostMiddleware, RequestMetricsMiddleware, origin_regex
@@ -48,19 +51,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         memory_budget=settings.memory_budget,
         metrics=metrics,
     )
+    images = ImageService(store, scheduler, default_keep_alive=parse_keep_alive(settings.keep_alive),
+                          max_queue=settings.max_queue)
     metrics.watch(scheduler.queued, scheduler.active_sequences, lambda: len(scheduler.running()))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         store.blobs.ensure()
         removed = store.prune()  # blobs left by work that was killed before its manifest
-        stale = store.blobs.remove_stale_temps()
+        stale = store.blobs.remove_stale_temps() + image_models.clean(store)  # + image work of killed pulls
         if removed or stale:
             log.info("removed %d unreferenced blob(s) and %d stale temp file(s)", len(removed), stale)
         scheduler.start()
+        images.start()
         try:
             yield
         finally:
+            await images.stop()
             await scheduler.stop()
 
     app = FastAPI(
@@ -73,14 +80,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.puller = Puller(store, settings)
-    app.state.creator = ModelCreator(store, app.state.puller)
+    app.state.creator = ModelCreator(store, app.state.puller, parameter_kinds=modelfile_parameters)
     app.state.scheduler = scheduler
     app.state.metrics = metrics
+    app.state.images = images
+    app.state.image_files = images_api.ImageFiles(settings.image_url_ttl)
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(ollama_api.router)
     app.include_router(ollama_inference.router)
     app.include_router(openai_api.router)
+    app.include_router(images_api.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_route() -> Response:

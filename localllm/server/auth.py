@@ -9,12 +9,13 @@ from fastapi import Request
 from ..errors import Unauthorized
 
 OPEN_PATHS = frozenset({"/"})  # the health check, so monitors need no secret
+OPEN_PREFIXES = ("/v1/images/files/",)  # generated images: the unguessable, expiring URL is the capability
 
 
 async def require_api_key(request: Request) -> None:
     key = request.app.state.settings.api_key
     expected = key.get_secret_value() if key else ""
-    if not expected or request.url.path in OPEN_PATHS:
+    if not expected or request.url.path in OPEN_PATHS or request.url.path.startswith(OPEN_PREFIXES):
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given:

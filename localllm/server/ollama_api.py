@@ -12,6 +12,7 @@ from .. import __version__
 from ..errors import InvalidRequest
 from ..modelfile.create import CreateSpec, ModelCreator, spec_from_modelfile
 from ..names import ModelName
+from ..store import image_models
 from ..store.blobs import DIGEST_PATTERN, parse_digest
 from ..store.describe import list_entry, show
 from ..store.models import ModelStore
@@ -109,6 +110,7 @@ async def create(body: CreateRequest, request: Request) -> Response:
 async def delete(body: DeleteRequest, request: Request) -> Response:
     name = ModelName.parse(body.model)
     await run_in_threadpool(_store(request).delete, name)
+    await run_in_threadpool(image_models.remove_orphan_folders, _store(request))  # an image model's conversions
     return Response(status_code=200)
 
 

@@ -22,6 +22,7 @@ from ..llm.runner import Piece
 from ..llm.scheduler import ModelFacts, Scheduler
 from ..names import ModelName
 from ..store.describe import details
+from .images_api import generate_image, image_model
 from .schemas import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest
 from .streaming import ClientGone, ClosingStreamingResponse, first_event, ndjson, until_disconnected
 
@@ -93,7 +94,14 @@ async def _respond(
 # --- /api/generate -----------------------------------------------------------
 @router.post("/api/generate")
 async def generate_route(body: GenerateRequest, request: Request) -> Response:
+    image = await image_model(request, body.model)
+    if image is not None:  # an image model: the prompt becomes a picture
+        return await generate_image(request, image, body, _keep_alive(body.keep_alive))
     facts = await _facts(request, body.model)
+    asked = [field for field in ("width", "height", "steps") if getattr(body, field) is not None]
+    if asked:
+        raise UnsupportedInput(f"{facts.name.display} is not an image model: {', '.join(asked)} are for image "
+                               "models", param="model")
     options = parse_options(body.options)
     keep_alive = _keep_alive(body.keep_alive)
     grammar_for(body.format)  # a bad format is a 400 before anything loads
@@ -218,6 +226,14 @@ async def ps_route(request: Request) -> dict[str, Any]:
             "expires_at": loaded.expires_wallclock().isoformat().replace("+00:00", "Z"),
             "size_vram": 0,
             "context_length": loaded.runner.n_ctx,
+        })
+    for worker in request.app.state.images.running():  # image workers, in the same budget
+        entry = worker.model.entry
+        models.append({
+            "name": entry.name.display, "model": entry.name.display, "size": worker.memory,
+            "digest": entry.digest.split(":", 1)[1], "details": details(store, entry),
+            "expires_at": worker.expires_wallclock().isoformat().replace("+00:00", "Z"), "size_vram": 0,
+            "context_length": 0,
         })
     return {"models": models}
 

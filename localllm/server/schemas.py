@@ -119,6 +119,10 @@ class GenerateRequest(_Named):
     keep_alive: KeepAlive = None
     stream: bool = True
     think: bool | str | None = None
+    # image models (Ollama's experimental image generation fields)
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
 
 
 class ChatRequest(_Named):

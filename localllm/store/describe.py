@@ -7,6 +7,7 @@ from typing import Any
 from ..errors import InvalidModelFile
 from ..gguf_info import read_gguf
 from ..modelfile import format_parameters, render_modelfile
+from . import image_models
 from .manifests import ManifestEntry, MediaType
 from .models import ModelStore
 
@@ -48,6 +49,8 @@ def capabilities(arch: str, template: str | None, model_info: dict[str, Any]) ->
 
 def show(store: ModelStore, entry: ManifestEntry, verbose: bool = False) -> dict[str, Any]:
     manifest = entry.manifest
+    if image_models.is_image(manifest):
+        return image_models.describe(store, image_models.load(store, entry))
     paths = store.model_paths(manifest)
     if not paths:
         raise InvalidModelFile(f"'{entry.name.display}' has no model layer")

@@ -32,6 +32,10 @@ class MediaType:
     PARAMS = _PREFIX + "params"
     MESSAGES = _PREFIX + "messages"
     LICENSE = _PREFIX + "license"
+    # image models: the streaming layout's files and the diffusers ONNX files they were converted from,
+    # each named by its path in the folder (FILENAME_ANNOTATION)
+    IMAGE_FILE = "application/vnd.localllm.image.file"
+    IMAGE_SOURCE = "application/vnd.localllm.image.source"
 
 
 FILENAME_ANNOTATION = "org.opencontainers.image.title"

@@ -38,7 +38,7 @@ from ..config import Settings
 from ..errors import InvalidModelFile, LocalLLMError, RegistryError, RemoteNotFound
 from ..gguf_info import ModelSummary, read_gguf
 from ..names import DEFAULT_HOST, DEFAULT_NAMESPACE, ModelName
-from . import bundled, catalog
+from . import bundled, catalog, image_pull
 from .blobs import parse_digest
 from .choose import RepoFile, choose
 from .download import Download, Downloads, HubSource
@@ -80,7 +80,10 @@ class Puller:
         self.downloads = Downloads(store.blobs)
 
     # --- planning ------------------------------------------------------------
-    def plan(self, name: ModelName) -> PullPlan:
+    def plan(self, name: ModelName) -> PullPlan | image_pull.ImagePullPlan:
+        image = image_pull.image_catalog_entry(name)
+        if image is not None:
+            return image_pull.plan(self, name, image.repo_id, self._list_files(image.repo_id), image)
         source = catalog.lookup(name)
         if source is not None and source.bundled:
             model = bundled.gemma3_270m()
@@ -98,14 +101,17 @@ class Puller:
         elif name.host.lower() == DEFAULT_HOST and name.namespace.lower() == DEFAULT_NAMESPACE:
             raise RemoteNotFound(
                 f"model '{name.display}' not found: it is not in the catalog "
-                f"({', '.join(catalog.catalog_names())}); pull any GGUF repository of the Hugging Face Hub "
-                "as hf.co/<user>/<repo>[:quant]"
+                f"({', '.join(catalog.catalog_names() + sorted(image_pull.IMAGE_CATALOG))}); pull any GGUF "
+                "repository of the Hugging Face Hub as hf.co/<user>/<repo>[:quant], or a diffusers ONNX one"
             )
         else:
             raise RemoteNotFound(
                 f"model '{name.display}' not found: only catalog names and hf.co/<user>/<repo> can be pulled"
             )
-        choice = choose(repo_id, self._list_files(repo_id), selector)
+        files = self._list_files(repo_id)
+        if source is None and image_pull.is_diffusers_onnx(files):  # an image model: converted, not chosen
+            return image_pull.plan(self, name, repo_id, files, None)
+        choice = choose(repo_id, files, selector)
         return PullPlan(
             name=name,
             files=[self._planned(repo_id, self._with_sha256(repo_id, f)) for f in choice.files],
@@ -198,10 +204,13 @@ class Puller:
         return found
 
     # --- executing -----------------------------------------------------------
-    def execute(self, plan: PullPlan, emit: Emit) -> None:
+    def execute(self, plan: PullPlan | image_pull.ImagePullPlan, emit: Emit) -> None:
         """Fetch, verify and commit; ``emit`` receives Ollama-shaped progress events."""
         try:
-            self._execute(plan, emit)
+            if isinstance(plan, image_pull.ImagePullPlan):
+                image_pull.execute(self, plan, emit)
+            else:
+                self._execute(plan, emit)
         except BaseException:
             self.store.prune()  # what this pull brought and no model uses (verified bytes of a bad GGUF)
             raise

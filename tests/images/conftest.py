@@ -25,7 +25,14 @@ BUILDER_SOURCES = [HERE / "tiny_sd.py", ROOT / "localllm" / "images" / "export.p
 def tiny_models(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``sd/``, ``sdxl/``, ``sd-opset17/``: diffusers ONNX folders of tiny pipelines, built once per builder version
     (kept in pytest's cache between runs; in a temporary folder when the cache is switched off)."""
+    return build_tiny_models(pytestconfig, tmp_path_factory)
+
+
+def build_tiny_models(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of ``tiny_models`` (also for the daemon's image tests, outside this folder)."""
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in BUILDER_SOURCES)).hexdigest()[:16]
+    if digest in _BUILT:  # once per session, whichever fixture asks first
+        return _BUILT[digest]
     cache = getattr(pytestconfig, "cache", None)
     folder = cache.mkdir(f"tiny-sd-{digest}") if cache else tmp_path_factory.mktemp(f"tiny-sd-{digest}")
     done = folder / "built"
@@ -38,7 +45,11 @@ def tiny_models(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFa
         shutil.rmtree(folder)
         staging.rename(folder)
         (folder / "built").touch()
+    _BUILT[digest] = folder
     return folder
+
+
+_BUILT: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="session")
