@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from functools import cached_property
 from typing import Any
 
 from ..errors import TemplateError
 from ..modelfile.gotemplate import GoStruct, GoTemplate, GoTemplateError, GoTemplateSyntaxError, parse
-from .templates import _PROBE, _TURN_MARKERS
+from .templates import ProbedTemplate
 
 __all__ = ["GoChatTemplate", "collate", "message_struct", "tool_struct"]
 
 
-class GoChatTemplate:
+class GoChatTemplate(ProbedTemplate):
     """A compiled Ollama (Go) chat template, with the interface of the Jinja ``ChatTemplate``; build one
     with :meth:`compile`."""
 
@@ -106,32 +105,8 @@ class GoChatTemplate:
         execute(self._legacy_cut if cut else self._legacy)
         return "".join(out)
 
-    @cached_property
-    def supports_tools(self) -> bool:
-        """Whether the template shows the model the tools it is given: it names ``.Tools`` and a test render
-        shows a probe tool's name."""
-        if not self._template.uses("tools"):
-            return False
-        tool = {
-            "type": "function",
-            "function": {"name": _PROBE, "description": "", "parameters": {"type": "object", "properties": {}}},
-        }
-        return self._shows_probe([{"role": "user", "content": "hi"}], tools=[tool])
-
-    @cached_property
-    def supports_system(self) -> bool:
-        """Whether a system message reaches the prompt (tested by rendering one)."""
-        return self._shows_probe([{"role": "system", "content": _PROBE}, {"role": "user", "content": "hi"}])
-
-    def stop_words(self) -> list[str]:
-        """The end-of-turn markers the template writes literally."""
-        return [marker for marker in _TURN_MARKERS if marker in self.source]
-
-    def _shows_probe(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> bool:
-        try:
-            return _PROBE in self.render(messages, tools=tools)
-        except TemplateError:
-            return False
+    def _reads_tools(self) -> bool:
+        return self._template.uses("tools")
 
 
 # --- Ollama's data ----------------------------------------------------------------------------------------------

@@ -130,7 +130,53 @@ def _environment() -> ImmutableSandboxedEnvironment:
 _ENV = _environment()
 
 
-class ChatTemplate:
+class ProbedTemplate:
+    """What both template dialects learn about themselves by rendering probes; a subclass gives ``source``,
+    ``render`` and ``_reads_tools`` (whether the template reads the tools at all)."""
+
+    source: str
+
+    def render(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+               add_generation_prompt: bool = True, **extra: Any) -> str:
+        raise NotImplementedError
+
+    def _reads_tools(self) -> bool:
+        raise NotImplementedError
+
+    @cached_property
+    def supports_tools(self) -> bool:
+        """Whether the template shows the model the tools it is given.
+
+        Reading the tools is not enough (a template may read them only to refuse), so a test render must also
+        show the tool's name."""
+        if not self._reads_tools():
+            return False
+        tool = {
+            "type": "function",
+            "function": {"name": _PROBE, "description": "", "parameters": {"type": "object", "properties": {}}},
+        }
+        return self._shows_probe([{"role": "user", "content": "hi"}], tools=[tool])
+
+    @cached_property
+    def supports_system(self) -> bool:
+        """Whether a system message reaches the prompt.
+
+        Tested by rendering one: a template may mention 'system' only to refuse it (Gemma 1 raises), and a
+        generic one (``'<|im_start|>' + message['role']``) handles it without naming it."""
+        return self._shows_probe([{"role": "system", "content": _PROBE}, {"role": "user", "content": "hi"}])
+
+    def stop_words(self) -> list[str]:
+        """The end-of-turn markers the template writes literally."""
+        return [marker for marker in _TURN_MARKERS if marker in self.source]
+
+    def _shows_probe(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> bool:
+        try:
+            return _PROBE in self.render(messages, tools=tools)
+        except TemplateError:
+            return False
+
+
+class ChatTemplate(ProbedTemplate):
     """A compiled Jinja chat template; build one with :meth:`compile`."""
 
     def __init__(self, source: str, template: jinja2.Template, *, bos_token: str, eos_token: str) -> None:
@@ -176,37 +222,8 @@ class ChatTemplate:
         finally:
             _loop_steps.reset(token)
 
-    @cached_property
-    def supports_tools(self) -> bool:
-        """Whether the template shows the model the tools it is given.
-
-        Reading the ``tools`` variable is not enough (a template may read it only to refuse), so a test render
-        must also show the tool's name."""
-        if "tools" not in meta.find_undeclared_variables(_ENV.parse(self.source)):
-            return False
-        tool = {
-            "type": "function",
-            "function": {"name": _PROBE, "description": "", "parameters": {"type": "object", "properties": {}}},
-        }
-        return self._shows_probe([{"role": "user", "content": "hi"}], tools=[tool])
-
-    @cached_property
-    def supports_system(self) -> bool:
-        """Whether a system message reaches the prompt.
-
-        Tested by rendering one: a template may mention 'system' only to refuse it (Gemma 1 raises), and a
-        generic one (``'<|im_start|>' + message['role']``) handles it without naming it."""
-        return self._shows_probe([{"role": "system", "content": _PROBE}, {"role": "user", "content": "hi"}])
-
-    def stop_words(self) -> list[str]:
-        """The end-of-turn markers the template writes literally."""
-        return [marker for marker in _TURN_MARKERS if marker in self.source]
-
-    def _shows_probe(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> bool:
-        try:
-            return _PROBE in self.render(messages, tools=tools)
-        except TemplateError:
-            return False
+    def _reads_tools(self) -> bool:
+        return "tools" in meta.find_undeclared_variables(_ENV.parse(self.source))
 
 
 def _prepare(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
