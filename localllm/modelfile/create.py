@@ -122,21 +122,18 @@ class ModelCreator:
             check_template(spec.template)
         if spec.messages is not None:
             _checked_messages(spec.messages)
-        if spec.parameters:
-            name = None
-            if spec.model_from and not spec.files and _blob_reference(spec.model_from) is None:
-                name = ModelName.parse(spec.model_from)
-            if name is not None and self.store.exists(name):
-                typed_parameters(spec.parameters, extra=self.parameter_kinds(self.store.get(name).manifest.layers))
-            elif name is not None:  # pulled later, when its kind is known: any kind's names pass here
-                typed_parameters(spec.parameters, extra=self.parameter_kinds(None))
-            else:
-                typed_parameters(spec.parameters)
-        pull = None
-        if not spec.files and spec.model_from and _blob_reference(spec.model_from) is None:
+        base_name = None  # a model the new one starts from (not uploaded files)
+        if spec.model_from and not spec.files and _blob_reference(spec.model_from) is None:
             base_name = ModelName.parse(spec.model_from)
-            if not self.store.exists(base_name):
-                pull = self.puller.plan(base_name)  # an unknown name fails here, before anything is written
+        base_here = base_name is not None and self.store.exists(base_name)
+        if spec.parameters:
+            if base_here:
+                kinds = self.parameter_kinds(self.store.get(base_name).manifest.layers)
+            else:  # a base pulled later is checked again once its kind is known: any kind's names pass here
+                kinds = self.parameter_kinds(None) if base_name is not None else None
+            typed_parameters(spec.parameters, extra=kinds)
+        # an unknown name fails here, before anything is written
+        pull = self.puller.plan(base_name) if base_name is not None and not base_here else None
         return Prepared(spec, pull)
 
     def create(self, prepared: Prepared, emit: Emit) -> None:
@@ -161,9 +158,7 @@ class ModelCreator:
     def _base(self, spec: CreateSpec, pull: PullPlan | None, emit: Emit) -> tuple[list[Layer], dict[str, Any]]:
         if spec.files:
             return self._from_files(spec.files)
-        if not spec.model_from:
-            raise InvalidRequest("neither 'from' nor 'files' was given: say which model to start from",
-                                 param="from")
+        assert spec.model_from  # prepare() refused a spec with neither
         digest = _blob_reference(spec.model_from)
         if digest is not None:
             return self._from_files({"model.gguf": digest})
