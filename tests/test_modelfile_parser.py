@@ -89,7 +89,7 @@ def test_parameters_are_checked_against_the_known_options() -> None:
     with pytest.raises(ModelfileError) as caught:
         typed_parameters(parse_modelfile("FROM x\nPARAMETER temprature 0.5\n").parameters)
     assert caught.value.line == 2
-    assert "unknown parameter 'temprature'" in caught.value.message
+    assert "unknown parameter 'temprature' (did you mean 'temperature'?)" in caught.value.message
     assert "temperature" in caught.value.message and "num_ctx" in caught.value.message  # the valid list
     for bad, words in (("num_ctx lots", "whole number"), ("temperature warm", "a number"),
                        ("use_mmap maybe", "true or false"), ("top_p 7", "less than or equal to 1")):

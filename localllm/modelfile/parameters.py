@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import types
 import typing
@@ -93,8 +94,10 @@ def typed_parameters(
             log.info("ignoring the legacy parameter %s", key)
             continue
         if key not in kinds:
+            close = difflib.get_close_matches(key, kinds, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ModelfileError(
-                f"unknown parameter {name!r}; valid parameters are: {', '.join(sorted(kinds))}", line
+                f"unknown parameter {name!r}{hint}; valid parameters are: {', '.join(sorted(kinds))}", line
             )
         try:
             converted = _convert(key, value, kinds[key])
