@@ -220,26 +220,24 @@ class _Parser:
         self.depth -= 1
         return _Branch(start.pos, kind, pipe, body, else_body)
 
-    def parse_template(self, start: _Token) -> _Call:
+    def _named_call_head(self, clause: str) -> tuple[_Token, _Pipe | None]:
+        """``"name" [pipeline]}}`` of a template or block clause: the name's token and the optional pipeline."""
         name_token = self.next_non_space()
         if name_token.kind != STRING:
-            raise self.fail(f"unexpected {name_token.describe()} in template clause", name_token)
+            raise self.fail(f"unexpected {name_token.describe()} in {clause} clause", name_token)
         pipe = None
         if self.peek_non_space().kind != RIGHT:
-            pipe = self.parse_pipeline("template clause", RIGHT, allow_decl=False)
+            pipe = self.parse_pipeline(f"{clause} clause", RIGHT, allow_decl=False)
         else:
             self.next_non_space()
+        return name_token, pipe
+
+    def parse_template(self, start: _Token) -> _Call:
+        name_token, pipe = self._named_call_head("template")
         return _Call(start.pos, name_token.value, pipe)
 
     def parse_block(self, start: _Token) -> _Call:
-        name_token = self.next_non_space()
-        if name_token.kind != STRING:
-            raise self.fail(f"unexpected {name_token.describe()} in block clause", name_token)
-        pipe = None
-        if self.peek_non_space().kind != RIGHT:
-            pipe = self.parse_pipeline("block clause", RIGHT, allow_decl=False)
-        else:
-            self.next_non_space()
+        name_token, pipe = self._named_call_head("block")
         self.enter(start)
         saved_vars, self.vars = self.vars, ["$"]
         saved_range, self.range_depth = self.range_depth, 0
