@@ -67,9 +67,7 @@ def gemma4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def test_greedy_answers_are_the_same_alone_and_batched(make_daemon, hub: FakeHub, tmp_path: Path) -> None:
-    """With f32 weights llama.cpp's kernels add in the same order for one row or many, and each sequence has
-    its own KV stream: batching changes nothing. (Quantized weights use repacked kernels whose one-row and
-    many-row paths round differently, so late greedy tokens can differ there; see README.)"""
+    """Another architecture (llama, f32 weights): batching changes nothing."""
     (model,) = tiny_models(hub, tmp_path, 1)
     server = make_daemon(LOCALLLM_NUM_PARALLEL="4").start()
     assert pull_events(server, model)[-1] == {"status": "success"}
@@ -79,7 +77,31 @@ def test_greedy_answers_are_the_same_alone_and_batched(make_daemon, hub: FakeHub
         together = list(pool.map(lambda p: generate(server, model, p, num_predict=64)["response"], prompts))
     assert together == alone
     assert len(set(alone)) == 4
-    assert "reusing" not in server.log.read_text()  # each batched run read its prompt afresh, as alone
+
+
+def test_quantized_greedy_answers_are_the_same_alone_batched_and_cached(gemma4: Daemon) -> None:
+    """The real Q4_K_M model: an answer does not depend on what shares its batch, on how its prompt was
+    cut into chunks, or on a cached prefix. Long prompts (past 512 cells) and more requests than slots
+    included; 64 greedy tokens each, so one rounding difference would show."""
+    facts = " ".join(f"Fact {i}: the number {i} is {'even' if i % 2 == 0 else 'odd'}." for i in range(60))
+    animals, places = ["fox", "cat", "owl", "bear"], ["river", "town", "hill", "sea"]
+    story = " ".join(f"Chapter {i}: the {animals[i % 4]} walked to the {places[i // 4 % 4]} and back."
+                     for i in range(100))
+    prompts = PROMPTS + [facts + " Question: is 7 odd? Answer:", story + " The end. Summary:"]
+    alone = [generate(gemma4, GEMMA, prompt, num_predict=64)["response"] for prompt in prompts]
+
+    def staggered(index: int) -> str:
+        time.sleep(0.15 * index)  # each joins a batch already decoding, some wait for a slot
+        return generate(gemma4, GEMMA, prompts[index], num_predict=64)["response"]
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(staggered, range(len(prompts))))
+    assert together == alone
+    with ThreadPoolExecutor(len(prompts)) as pool:  # now every prompt finds its own cells cached
+        again = list(pool.map(staggered, reversed(range(len(prompts)))))[::-1]
+    assert again == alone
+    assert "reusing" in gemma4.log.read_text()
+    assert len(set(alone)) == len(prompts)
 
 
 def test_concurrent_streams_are_decoded_together(gemma4: Daemon) -> None:

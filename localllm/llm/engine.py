@@ -1,17 +1,22 @@
 """Continuous batching: many sequences decode together in one llama.cpp batch.
 
-One thread owns the llama context. Each step it builds one ``llama_batch`` holding the next token of
-every decoding sequence and, in the room left, chunks of prompts still being read (so a long prompt
-does not stall the others), decodes it, then samples each sequence that asked for logits with that
-sequence's own sampler chain. Requests wait in arrival order for a free slot (one llama.cpp sequence
-id each), and join between steps.
+One thread owns the llama context. Each step decodes the next token of every decoding sequence in one
+``llama_batch``, samples each with that sequence's own sampler chain, then reads chunks of prompts
+still waiting (so a long prompt does not stall the others). Requests wait in arrival order for a free
+slot (one llama.cpp sequence id each), and join between steps.
+
+A greedy answer is the same alone or beside others, and with or without a cached prefix. llama.cpp's
+numbers for one sequence depend on which kernel multiplies its rows, so the engine keeps that choice
+independent of the batch: a KV stream per sequence, weights in their file layout (no repacking), no
+tiled K-quant products, attention without flash attention, and prompt rows always read at least two at
+a time (see ``_prompt_chunk``), in a call of their own.
 
 A slot keeps the KV cells of its last request after it ends: the next request whose prompt starts
 with those tokens (the next turn of a chat, a shared system prompt) reads only the rest. Cells are
 given back when a request is cancelled, and the idle slots' cells when the cache runs out of room.
 
-A cancelled request stops at the next step; one cancelled while its prompt is being read aborts the
-decode through llama.cpp's abort callback, and the other sequences of that batch redo their step.
+A cancelled request stops at the next step; one cancelled while its prompt is being read aborts that
+read through llama.cpp's abort callback.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -33,6 +39,13 @@ from .requests import CompletionRequest, Finished, Piece, StopMatcher, TokenLogp
 from .sampling import TokenSampler
 
 log = logging.getLogger(__name__)
+
+# ggml's "tiled" K-quant matrix product serves 8 rows or more and rounds differently from the row-at-a-
+# time one, so one sequence's numbers would depend on how many others share its batch. Read once, at
+# the first product of the process.
+os.environ.setdefault("GGML_CPU_TILED_MM", "0")
+
+MIN_PROMPT_ROWS = 2  # a prompt chunk is never one row: see BatchEngine._prompt_chunk
 Emit = Callable[[object], None]
 
 
@@ -53,6 +66,7 @@ class Slot:
     def __init__(self, seq: int) -> None:
         self.seq = seq
         self.cached: list[int] = []  # tokens whose cells this sequence holds, position i = cached[i]
+        self.prompt_cells = 0  # how many of the first cached cells were read as prompt rows (reusable)
         self.job: Job | None = None
         self.pending: list[int] = []  # prompt tokens not yet decoded
         self.next_token: int | None = None  # sampled, to be decoded next
@@ -94,7 +108,7 @@ class BatchEngine:
         self.vocab = model.vocab
         self.n_vocab = model.n_vocab()
         self.n_ctx = n_ctx
-        self.n_batch = max(1, min(n_batch, n_ctx * n_parallel))
+        self.n_batch = max(MIN_PROMPT_ROWS, min(n_batch, n_ctx * n_parallel))
         self.max_queue = max_queue
         self.on_token = on_token  # metrics: (first token?, seconds since arrival or since the previous token)
         params = llama_cpp.llama_context_default_params()
@@ -112,6 +126,10 @@ class BatchEngine:
         # A KV stream per sequence: its cells stay contiguous whoever else runs, so attention adds its
         # numbers in the same order alone or batched (one shared pool interleaves them).
         params.kv_unified = False
+        # Attention as plain matrix products: llama.cpp's flash attention takes another path for a lone
+        # sequence's single row once its context passes 512 cells, so a request alone would round
+        # differently from the same request batched.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.swa_full = True  # sliding-window layers keep every cell, so a cached prefix can be cut anywhere
         params.no_perf = True
         self.context = llama_cpp._internals.LlamaContext(model=model, params=params, verbose=False)
@@ -202,7 +220,7 @@ class BatchEngine:
             if not free:
                 return
             prompt = job.request.prompt_tokens
-            slot = max(free, key=lambda s: (_common_prefix(s.cached, prompt), -s.n_past))
+            slot = max(free, key=lambda s: (min(_common_prefix(s.cached, prompt), s.prompt_cells), -s.n_past))
             self._waiting.popleft()
             try:
                 self._start(slot, job)
@@ -214,19 +232,17 @@ class BatchEngine:
 
     def _start(self, slot: Slot, job: Job) -> None:
         prompt = job.request.prompt_tokens
-        keep = _common_prefix(slot.cached, prompt)
+        # Only cells that were read as prompt rows are reused: a generated token's cell was computed as a
+        # lone row, and the same token read afresh as part of a prompt would round differently. The last
+        # rows are read again, in a chunk of their own, for the logits of the first answer token.
+        keep = min(_common_prefix(slot.cached, prompt), slot.prompt_cells, max(0, len(prompt) - MIN_PROMPT_ROWS))
         if job.score_only:
             keep = 0  # every position's logits are needed
-        elif job.request.sampling.seed >= 0 and job.request.sampling.temperature > 0:
-            # Logits of a prompt read in one piece and of its last token read after a cached prefix differ
-            # in their last bits, enough to change a sampled answer: a seed promises the same answer.
-            keep = 0
-        if keep == len(prompt):
-            keep -= 1  # the last prompt token is decoded again: its logits give the first answer token
         if keep < slot.n_past and not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, keep, -1):
             keep = 0
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
         del slot.cached[keep:]
+        slot.prompt_cells = min(slot.prompt_cells, keep)
         if keep:
             log.info("reusing %d cached prompt tokens of %d", keep, len(prompt))
         slot.job = job
@@ -248,88 +264,101 @@ class BatchEngine:
 
     # --- one step --------------------------------------------------------------------------------------
     def _step(self) -> None:
+        """One token for every decoding sequence (one call), then prompt chunks (one call per sequence)."""
         for slot in self.slots:
             if slot.busy and slot.job.cancel.is_set():
                 self._finish(slot, reason="cancelled")
-        slots = [slot for slot in self.slots if slot.busy]
-        if not slots:
-            return
-        self._fill(slots)
-        if not self._in_batch:
-            return
-        status = llama_cpp.llama_decode(self.ctx, self.batch)
-        if status == 1 and self._free_idle_cells():
-            self._rollback()
-            return  # the next step retries with the room given back
-        if status != 0:
-            self._rollback()
-            if status == 2:  # aborted: a cancelled prompt; the others redo their step
-                log.info("prefill aborted: a request was cancelled while its prompt was being read")
-                return
-            for slot in list(self._in_batch):
-                message = "the model's context is full" if status == 1 else f"llama.cpp failed to decode ({status})"
-                self._finish(slot, error=ContextLengthExceeded(message) if status == 1 else LocalLLMError(message))
-            return
-        for slot in self._in_batch:
+        decoding = [slot for slot in self.slots if slot.busy and slot.next_token is not None]
+        if decoding and self._decode([(slot, [slot.next_token]) for slot in decoding]):
+            for slot in decoding:
+                if slot.busy:
+                    self._sample(slot)
+        # Beside streams that are decoding, a prompt gets a smaller share so their next tokens are not late.
+        room = max(MIN_PROMPT_ROWS, self.n_batch // 4) if decoding else self.n_batch
+        reading = sorted((s for s in self.slots if s.busy and s.pending), key=lambda s: s.job.arrived_ns)
+        for slot in reading:
+            chunk = self._prompt_chunk(slot, room)
+            if not chunk:
+                continue
+            if not self._decode([(slot, chunk)]):
+                break
+            room -= len(chunk)
             if slot.job.score_only:
                 self._read_scores(slot)
                 if not slot.pending:
                     self._finish(slot, reason="length")
-            elif slot.batch_index >= 0:
+            elif not slot.pending:
                 self._sample(slot)
 
-    def _fill(self, slots: list[Slot]) -> None:
-        """Decoding sequences first (one token each), then prompt chunks in arrival order."""
-        batch, room = self.batch, self.n_batch
-        count = outputs = 0
-        self._in_batch = []
+    def _prompt_chunk(self, slot: Slot, room: int) -> list[int]:
+        """The next piece of a prompt: at least two rows, and never leaving a lone row for later.
+
+        llama.cpp's attention uses one kernel for a sequence's single row and another for several; they
+        round differently. A prompt row is therefore always read beside another of its own, whatever the
+        batch, so it gets the same numbers as when the prompt is read alone in one piece."""
+        pending = slot.pending
+        if slot.job.score_only:
+            room = min(room, self.n_outputs)  # every scored row keeps its logits
+        take = min(room, len(pending))
+        if 0 < len(pending) - take < MIN_PROMPT_ROWS:
+            take = len(pending) - MIN_PROMPT_ROWS
+        if take < MIN_PROMPT_ROWS and take < len(pending):
+            return []  # not enough room in this step
+        chunk, slot.pending = pending[:take], pending[take:]
+        return chunk
+
+    def _decode(self, parts: list[tuple[Slot, list[int]]]) -> bool:
+        """One llama_decode over each slot's tokens; False (and nothing kept) if it did not go through.
+
+        A call holds either one token of each decoding sequence or one sequence's prompt chunk, never
+        both: llama.cpp would split a mixed batch into equal-length pieces and read a prompt's first
+        row alone."""
+        batch, row = self.batch, 0
+        self._in_batch = [slot for slot, _ in parts]
         self._step_record = {}
-
-        def add(slot: Slot, token: int, wants_logits: bool) -> None:
-            nonlocal count, outputs
-            outputs += wants_logits
-            batch.token[count] = token
-            batch.pos[count] = slot.n_past
-            batch.n_seq_id[count] = 1
-            batch.seq_id[count][0] = slot.seq
-            batch.logits[count] = wants_logits
-            slot.cached.append(token)
-            if wants_logits:
-                slot.batch_index = count
-            count += 1
-
-        for slot in slots:
-            slot.batch_index = -1
-            if slot.next_token is not None and room > 0:
-                self._step_record[slot.seq] = (slot.n_past, True, count)
-                self._in_batch.append(slot)
-                add(slot, slot.next_token, True)
-                slot.next_token = None
-                room -= 1
-        for slot in sorted(slots, key=lambda s: s.job.arrived_ns):
-            if not slot.pending or room <= 0:
-                continue
-            scoring = slot.job.score_only
-            # every scored row is an output; keep one for each other sequence's last prompt token
-            take = min(room, self.n_outputs - outputs - len(slots)) if scoring else room
-            if take <= 0:
-                continue
-            self._step_record[slot.seq] = (slot.n_past, False, count)
-            self._in_batch.append(slot)
-            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
-            for index, token in enumerate(chunk):
-                last = index == len(chunk) - 1 and not slot.pending
-                add(slot, token, scoring or last)
-            room -= len(chunk)
-        batch.n_tokens = count
+        for slot, tokens in parts:
+            prompt = slot.next_token is None
+            self._step_record[slot.seq] = (slot.n_past, not prompt, row)
+            slot.next_token = None
+            every_row = slot.job.score_only
+            for index, token in enumerate(tokens):
+                wants_logits = every_row or (index == len(tokens) - 1 and not (prompt and slot.pending))
+                batch.token[row] = token
+                batch.pos[row] = slot.n_past
+                batch.n_seq_id[row] = 1
+                batch.seq_id[row][0] = slot.seq
+                batch.logits[row] = wants_logits
+                slot.cached.append(token)
+                if wants_logits:
+                    slot.batch_index = row
+                row += 1
+            if prompt and len(tokens) >= MIN_PROMPT_ROWS and slot.prompt_cells == slot.n_past - len(tokens):
+                slot.prompt_cells = slot.n_past
+        batch.n_tokens = row
+        status = llama_cpp.llama_decode(self.ctx, batch)
+        if status == 0:
+            self._in_batch = []
+            return True
+        failed = list(self._in_batch)
+        self._rollback()
+        if status == 1 and self._free_idle_cells():
+            return False  # the next step retries with the room given back
+        if status == 2:  # aborted: a cancelled prompt; the next step finishes it
+            log.info("prefill aborted: a request was cancelled while its prompt was being read")
+            return False
+        for slot in failed:
+            message = "the model's context is full" if status == 1 else f"llama.cpp failed to decode ({status})"
+            self._finish(slot, error=ContextLengthExceeded(message) if status == 1 else LocalLLMError(message))
+        return False
 
     def _rollback(self) -> None:
-        """Undo this step's additions (llama.cpp dropped an aborted batch's cells; drop any left)."""
+        """Undo the last call's additions (llama.cpp dropped an aborted batch's cells; drop any left)."""
         for slot in self._in_batch:
             start, fed_next, _row = self._step_record[slot.seq]
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, start, -1)
             added = slot.cached[start:]
             del slot.cached[start:]
+            slot.prompt_cells = min(slot.prompt_cells, start)
             if fed_next:
                 slot.next_token = added[0]
             else:
@@ -343,11 +372,12 @@ class BatchEngine:
             if not slot.busy and slot.cached:
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
                 slot.cached = []
+                slot.prompt_cells = 0
                 freed = True
         return freed
 
     def _should_abort(self, _data: ctypes.c_void_p) -> bool:
-        """Called by llama.cpp between graph computations: stop a batch that reads a cancelled prompt."""
+        """Called by llama.cpp between graph computations: stop a call that reads a cancelled prompt."""
         return any(
             slot.busy and slot.job.cancel.is_set() and not self._step_record[slot.seq][1]
             for slot in self._in_batch
@@ -416,6 +446,7 @@ class BatchEngine:
         if reason == "cancelled" or error is not None:
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
             slot.cached = []
+            slot.prompt_cells = 0
             if reason == "cancelled":
                 log.info("generation cancelled after %d tokens", len(slot.output))
         if error is not None:

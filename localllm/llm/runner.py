@@ -54,6 +54,10 @@ class LlamaRunner:
         started = time.perf_counter()
         params = llama_cpp.llama_model_default_params()
         params.load_mode = (1 if config.use_mmap else 0) | (2 if config.use_mlock else 0)  # llama_load_mode
+        # Weights stay in their file layout: repacked weights are multiplied 4 rows at a time and a
+        # remainder row by another kernel, so a sequence's numbers would depend on its batch. (It also
+        # measured no faster for batched decoding on this kind of machine.)
+        params.use_extra_bufts = False
         try:
             self._model = llama_cpp._internals.LlamaModel(path_model=str(config.model_path), params=params,
                                                           verbose=False)
