@@ -1,8 +1,9 @@
 """How much RAM a loaded model takes, estimated from its GGUF header before loading it.
 
 Weights are the files' size (memory-mapped, but read in full by the first prompt); the KV cache is
-f16 keys and values for every layer and every cell of the context (all sequences together); the
-compute buffers and logits take the rest, estimated generously.
+f16 keys and values for every layer and every cell of the context (all sequences together); attention
+without flash attention holds the scores of a batch of rows against a sequence's cells; the compute
+buffers and logits take the rest, estimated generously.
 """
 
 from __future__ import annotations
@@ -34,10 +35,19 @@ def kv_bytes_per_token(info: GGUFInfo) -> int:
     return layers * kv_heads * (key_length + value_length) * F16
 
 
-def estimate(info: GGUFInfo, weights_bytes: int, context_cells: int, n_batch: int) -> int:
+def attention_scores_bytes(info: GGUFInfo, n_batch: int, sequence_cells: int) -> int:
+    """f32 scores (and their softmax) of ``n_batch`` rows against one sequence's cells, every head."""
+    heads = info.metadata.get(f"{info.architecture}.attention.head_count")
+    heads = int(heads) if isinstance(heads, int | float) and heads > 0 else 32
+    return 2 * n_batch * sequence_cells * heads * 4
+
+
+def estimate(info: GGUFInfo, weights_bytes: int, n_ctx: int, n_parallel: int, n_batch: int) -> int:
+    """Bytes for one instance: ``n_parallel`` sequences of ``n_ctx`` cells, prompts read ``n_batch`` rows at a time."""
     vocab = info.array_lengths.get("tokenizer.ggml.tokens", 32000)
     logits = 64 * vocab * 4  # the logits rows kept per batch (engine.py: n_outputs)
-    return weights_bytes + kv_bytes_per_token(info) * context_cells + logits + OVERHEAD
+    return (weights_bytes + kv_bytes_per_token(info) * n_ctx * n_parallel
+            + attention_scores_bytes(info, n_batch, n_ctx) + logits + OVERHEAD)
 
 
 def machine_memory() -> int:

@@ -224,7 +224,7 @@ class Scheduler:
         manifest = facts.entry.manifest
         files = manifest.layers_of(MediaType.MODEL) + manifest.layers_of(MediaType.ADAPTER)
         weights = sum(layer.size for layer in files)
-        return estimate(facts.info, weights, config.n_ctx * config.n_parallel, config.n_batch)
+        return estimate(facts.info, weights, config.n_ctx, config.n_parallel, config.n_batch)
 
     def _fits(self, memory: int) -> bool:
         used = sum(item.memory for item in self._loaded.values()) + sum(t.resident_memory() for t in self.tenants)
