@@ -81,6 +81,12 @@ class Slot:
         self.first_token_ns = 0
         self.last_token_ns = 0
 
+    def reusable(self, prompt: list[int]) -> int:
+        """How many of ``prompt``'s first tokens this slot's cells hold, counting only cells read as prompt
+        rows: a generated token's cell was computed as a lone row, and the same token read afresh as part
+        of a prompt would round differently."""
+        return min(_common_prefix(self.cached, prompt), self.prompt_cells)
+
     @property
     def n_past(self) -> int:
         return len(self.cached)
@@ -220,7 +226,7 @@ class BatchEngine:
             if not free:
                 return
             prompt = job.request.prompt_tokens
-            slot = max(free, key=lambda s: (min(_common_prefix(s.cached, prompt), s.prompt_cells), -s.n_past))
+            slot = max(free, key=lambda s: (s.reusable(prompt), -s.n_past))
             self._waiting.popleft()
             try:
                 self._start(slot, job)
@@ -232,10 +238,8 @@ class BatchEngine:
 
     def _start(self, slot: Slot, job: Job) -> None:
         prompt = job.request.prompt_tokens
-        # Only cells that were read as prompt rows are reused: a generated token's cell was computed as a
-        # lone row, and the same token read afresh as part of a prompt would round differently. The last
-        # rows are read again, in a chunk of their own, for the logits of the first answer token.
-        keep = min(_common_prefix(slot.cached, prompt), slot.prompt_cells, max(0, len(prompt) - MIN_PROMPT_ROWS))
+        # The last rows are read again, in a chunk of their own, for the logits of the first answer token.
+        keep = min(slot.reusable(prompt), max(0, len(prompt) - MIN_PROMPT_ROWS))
         if job.score_only:
             keep = 0  # every position's logits are needed
         if keep < slot.n_past and not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, keep, -1):

@@ -20,26 +20,24 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb":
           "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
 
 
+def _number(info: GGUFInfo, key: str, default: int) -> int:
+    """A positive number of the architecture's metadata (``block_count``, ...), else ``default``."""
+    value = info.metadata.get(f"{info.architecture}.{key}")
+    return int(value) if isinstance(value, int | float) and value > 0 else default
+
+
 def kv_bytes_per_token(info: GGUFInfo) -> int:
-    arch, meta = info.architecture, info.metadata
-
-    def number(key: str, default: int) -> int:
-        value = meta.get(f"{arch}.{key}")
-        return int(value) if isinstance(value, int | float) and value > 0 else default
-
-    layers = number("block_count", 0)
-    heads = number("attention.head_count", 1)
-    kv_heads = number("attention.head_count_kv", heads)  # a per-layer array is not kept: count as heads
-    key_length = number("attention.key_length", number("embedding_length", 0) // heads)
-    value_length = number("attention.value_length", key_length)
+    layers = _number(info, "block_count", 0)
+    heads = _number(info, "attention.head_count", 1)
+    kv_heads = _number(info, "attention.head_count_kv", heads)  # a per-layer array is not kept: count as heads
+    key_length = _number(info, "attention.key_length", _number(info, "embedding_length", 0) // heads)
+    value_length = _number(info, "attention.value_length", key_length)
     return layers * kv_heads * (key_length + value_length) * F16
 
 
 def attention_scores_bytes(info: GGUFInfo, n_batch: int, sequence_cells: int) -> int:
     """f32 scores (and their softmax) of ``n_batch`` rows against one sequence's cells, every head."""
-    heads = info.metadata.get(f"{info.architecture}.attention.head_count")
-    heads = int(heads) if isinstance(heads, int | float) and heads > 0 else 32
-    return 2 * n_batch * sequence_cells * heads * 4
+    return 2 * n_batch * sequence_cells * _number(info, "attention.head_count", 32) * 4
 
 
 def estimate(info: GGUFInfo, weights_bytes: int, n_ctx: int, n_parallel: int, n_batch: int) -> int:
