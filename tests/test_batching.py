@@ -236,3 +236,63 @@ def test_the_memory_budget_evicts_and_refuses(make_daemon, hub: FakeHub, tmp_pat
     with server.client() as http:
         refused = http.post("/api/generate", json={"model": GEMMA, "prompt": "hi", "stream": False})
     assert refused.status_code == 507 and "LOCALLLM_MAX_MEMORY" in refused.json()["error"]
+
+
+def test_busy_sequences_are_kept_side_by_side_without_changing_answers(gemma_path: Path) -> None:
+    """llama.cpp reads one batch in one pass only over consecutive sequence ids. When the middle one of
+    three streams ends, a neighbour is moved into line (a copy of its KV stream), and its answer is the
+    same as alone."""
+    from localllm.llm.engine import Job
+    from localllm.llm.requests import CompletionRequest, Finished, Piece, Sampling
+    from localllm.llm.runner import LlamaRunner, LoadConfig
+
+    runner = LlamaRunner(LoadConfig(gemma_path, n_ctx=512, n_batch=512, n_threads=2, n_parallel=4))
+    engine = runner.engine
+    decoded_together: list[list[int]] = []  # the sequence ids of each step's decode call
+    decode = engine._decode
+
+    def watch(parts):
+        if all(slot.next_token is not None for slot, _ in parts):
+            decoded_together.append([slot.seq for slot, _ in parts])
+        return decode(parts)
+
+    engine._decode = watch
+
+    def submit(prompt: str, tokens: int) -> tuple[threading.Event, threading.Event, list[str]]:
+        started, done, text = threading.Event(), threading.Event(), []
+
+        def emit(item: object) -> None:
+            if isinstance(item, Piece):
+                text.append(item.text)
+                started.set()
+            elif isinstance(item, (Finished, Exception)):
+                text.append("" if isinstance(item, Finished) else f"error: {item}")
+                started.set()
+                done.set()
+
+        ids = runner._model.tokenize(prompt.encode(), add_bos=True, special=True)
+        engine.submit(Job(CompletionRequest(ids, Sampling(temperature=0), num_predict=tokens), emit=emit))
+        return started, done, text
+
+    try:
+        runs = []
+        for prompt, tokens in [(PROMPTS[0], 48), (PROMPTS[1], 6), (PROMPTS[2], 48)]:
+            runs.append(submit(prompt, tokens))
+            assert runs[-1][0].wait(60)  # streaming before the next arrives: slots 0, 1 and 2 in that order
+        for _started, done, _text in runs:
+            assert done.wait(120)
+        together = ["".join(text) for _started, _done, text in runs]
+        assert any(seqs == [0, 1, 2] for seqs in decoded_together)
+        assert all(seqs == list(range(seqs[0], seqs[0] + len(seqs))) for seqs in decoded_together)
+        after_the_middle_ended = decoded_together[decoded_together.index([0, 1, 2]) + 1:]
+        assert any(len(seqs) == 2 and seqs != [0, 2] for seqs in after_the_middle_ended)
+
+        alone = []
+        for prompt, tokens in [(PROMPTS[0], 48), (PROMPTS[1], 6), (PROMPTS[2], 48)]:
+            _started, done, text = submit(prompt, tokens)
+            assert done.wait(120)
+            alone.append("".join(text))
+        assert together == alone
+        assert len(set(alone)) == 3
+    finally:
+        runner.close()

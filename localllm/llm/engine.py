@@ -15,6 +15,11 @@ A slot keeps the KV cells of its last request after it ends: the next request wh
 with those tokens (the next turn of a chat, a shared system prompt) reads only the rest. Cells are
 given back when a request is cancelled, and the idle slots' cells when the cache runs out of room.
 
+llama.cpp reads the streams of one batch in a single pass over the weights only when their sequence
+ids are consecutive; slots 0, 1 and 3 would cost two passes per token. So busy sequences are kept
+side by side: a request takes a slot next to the others when its cache gives no reason to go
+elsewhere, and a sequence left apart (its neighbour finished) is copied into the gap, cell for cell.
+
 A cancelled request stops at the next step; one cancelled while its prompt is being read aborts that
 read through llama.cpp's abort callback.
 """
@@ -46,6 +51,9 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 
 MIN_PROMPT_ROWS = 2  # a prompt chunk is never one row: see BatchEngine._prompt_chunk
+# A cached prefix shorter than this (say, only the BOS token) does not outweigh a slot beside the busy
+# ones: reading a few tokens again costs less than moving a sequence later.
+MIN_REUSE = 16
 Emit = Callable[[object], None]
 
 
@@ -144,7 +152,10 @@ class BatchEngine:
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._abort = llama_cpp.ggml_abort_callback(self._should_abort)
         llama_cpp.llama_set_abort_callback(self.ctx, self._abort, None)
-        self.slots = [Slot(seq) for seq in range(n_parallel)]
+        self.slots = [Slot(seq) for seq in range(n_parallel)]  # always in sequence id order
+        # A sequence moves by a copy of its whole KV stream; recurrent state is not laid out that way.
+        self._can_move = not (llama_cpp.llama_model_is_recurrent(model.model)
+                              or llama_cpp.llama_model_is_hybrid(model.model))
         self._in_batch: list[Slot] = []
         self._step_record: dict[int, tuple[int, bool, int]] = {}  # seq -> (n_past before, fed next_token, first row)
         self._waiting: deque[Job] = deque()
@@ -215,7 +226,8 @@ class BatchEngine:
                 self._finish(slot, error=error)
 
     def _admit(self) -> None:
-        """Waiting jobs take free slots in arrival order; each takes the slot whose cache shares most of it."""
+        """Waiting jobs take free slots in arrival order: the slot whose cache shares most of the prompt,
+        else one beside the busy slots, else the emptiest."""
         while self._waiting:
             job = self._waiting[0]
             if job.cancel.is_set():
@@ -225,8 +237,7 @@ class BatchEngine:
             free = [slot for slot in self.slots if not slot.busy]
             if not free:
                 return
-            prompt = job.request.prompt_tokens
-            slot = max(free, key=lambda s: (s.reusable(prompt), -s.n_past))
+            slot = max(free, key=self._preference(job.request.prompt_tokens))
             self._waiting.popleft()
             try:
                 self._start(slot, job)
@@ -235,6 +246,16 @@ class BatchEngine:
                     self._finish(slot, error=exc)
                 else:
                     job.emit(exc)
+
+    def _preference(self, prompt: list[int]) -> Callable[[Slot], tuple[int, bool, int, int]]:
+        """How much a free slot suits ``prompt``, as a sort key (higher is better)."""
+        busy = [slot.seq for slot in self.slots if slot.busy]
+
+        def key(slot: Slot) -> tuple[int, bool, int, int]:
+            reuse = slot.reusable(prompt)
+            return (reuse if reuse >= MIN_REUSE else 0), _consecutive(busy + [slot.seq]), reuse, -slot.n_past
+
+        return key
 
     def _start(self, slot: Slot, job: Job) -> None:
         prompt = job.request.prompt_tokens
@@ -272,6 +293,7 @@ class BatchEngine:
         for slot in self.slots:
             if slot.busy and slot.job.cancel.is_set():
                 self._finish(slot, reason="cancelled")
+        self._keep_busy_side_by_side()
         decoding = [slot for slot in self.slots if slot.busy and slot.next_token is not None]
         if decoding and self._decode([(slot, [slot.next_token]) for slot in decoding]):
             for slot in decoding:
@@ -293,6 +315,34 @@ class BatchEngine:
                     self._finish(slot, reason="length")
             elif not slot.pending:
                 self._sample(slot)
+
+    def _keep_busy_side_by_side(self) -> None:
+        """Move busy sequences into the gaps between others, so one batch is one pass over the weights.
+
+        The busy ids are gathered into the window that already holds most of them. A move copies the
+        sequence's whole KV stream to the free id (same cells, same order: its answer does not change)
+        and swaps the two slots' ids; the idle slot keeps the cells left behind, still reusable."""
+        busy = [slot.seq for slot in self.slots if slot.busy]
+        if not self._can_move or _consecutive(busy):
+            return
+        by_seq = {slot.seq: slot for slot in self.slots}
+        width = len(busy)
+
+        def window_cost(start: int) -> tuple[int, int]:  # (moves, cached cells of idle slots overwritten)
+            inside = range(start, start + width)
+            return (sum(seq not in inside for seq in busy),
+                    sum(by_seq[seq].n_past for seq in inside if not by_seq[seq].busy))
+
+        start = min(range(len(self.slots) - width + 1), key=window_cost)
+        inside = range(start, start + width)
+        movers = [by_seq[seq] for seq in busy if seq not in inside]
+        gaps = [by_seq[seq] for seq in inside if not by_seq[seq].busy]
+        for mover, gap in zip(movers, gaps, strict=True):
+            llama_cpp.llama_memory_seq_cp(self.memory, mover.seq, gap.seq, -1, -1)  # applied at the next decode
+            log.debug("moving sequence %d to %d", mover.seq, gap.seq)
+            mover.seq, gap.seq = gap.seq, mover.seq
+            gap.cached, gap.prompt_cells = list(mover.cached), mover.prompt_cells
+        self.slots.sort(key=lambda slot: slot.seq)
 
     def _prompt_chunk(self, slot: Slot, room: int) -> list[int]:
         """The next piece of a prompt: at least two rows, and never leaving a lone row for later.
@@ -487,6 +537,11 @@ class BatchEngine:
         buffer = ctypes.create_string_buffer(-n)
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, True)
         return buffer.raw[:n]
+
+
+def _consecutive(seqs: list[int]) -> bool:
+    """Whether these sequence ids (no repeats) form one run, such as 2, 3, 4."""
+    return not seqs or max(seqs) - min(seqs) + 1 == len(seqs)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
