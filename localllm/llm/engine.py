@@ -21,7 +21,7 @@ side by side: a request takes a slot next to the others when its cache gives no 
 elsewhere, and a sequence left apart (its neighbour finished) is copied into the gap, cell for cell.
 
 A cancelled request stops at the next step; one cancelled while its prompt is being read aborts that
-read through llama.cpp's abort callback.
+read through llama.cpp's abort callback (installed only for prompt reads: see ``_watch_for_cancel``).
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ class BatchEngine:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._abort = llama_cpp.ggml_abort_callback(self._should_abort)
-        llama_cpp.llama_set_abort_callback(self.ctx, self._abort, None)
+        self._no_abort = llama_cpp.ggml_abort_callback()  # a NULL callback
+        self._abort_installed = False
         self.slots = [Slot(seq) for seq in range(n_parallel)]  # always in sequence id order
         # A sequence moves by a copy of its whole KV stream; recurrent state is not laid out that way.
         self._can_move = not (llama_cpp.llama_model_is_recurrent(model.model)
@@ -370,6 +371,7 @@ class BatchEngine:
         batch, row = self.batch, 0
         self._in_batch = [slot for slot, _ in parts]
         self._step_record = {}
+        self._watch_for_cancel(reading_prompt=any(slot.next_token is None for slot, _ in parts))
         for slot, tokens in parts:
             prompt = slot.next_token is None
             self._step_record[slot.seq] = (slot.n_past, not prompt, row)
@@ -429,6 +431,16 @@ class BatchEngine:
                 slot.prompt_cells = 0
                 freed = True
         return freed
+
+    def _watch_for_cancel(self, *, reading_prompt: bool) -> None:
+        """Install llama.cpp's abort callback only while a prompt is read.
+
+        llama.cpp calls it after every node of the graph (some 800 per token), each call taking the GIL:
+        while the event loop holds it, both compute threads wait. A decode step is short, and a
+        cancelled stream stops at the next one anyway."""
+        if reading_prompt != self._abort_installed:
+            llama_cpp.llama_set_abort_callback(self.ctx, self._abort if reading_prompt else self._no_abort, None)
+            self._abort_installed = reading_prompt
 
     def _should_abort(self, _data: ctypes.c_void_p) -> bool:
         """Called by llama.cpp between graph computations: stop a call that reads a cancelled prompt."""
