@@ -8,7 +8,9 @@ and are driven through ``POST /v1/completions`` (streamed, greedy, ``--tokens`` 
 prompt per stream) with 1, 4 and 8 clients at once:
   * localllm: ``localllm serve`` with LOCALLLM_NUM_PARALLEL = the largest stream count;
   * peer: ``python -m llama_cpp.server --interrupt_requests false`` (one request at a time).
-Also raw ``llama_cpp.Llama.create_completion`` for one stream, in a process of its own.
+Also raw ``llama_cpp.Llama.create_completion`` for one stream, in a process of its own, in every round
+right after the two servers' one-stream runs (this machine's speed drifts by 10-20% over minutes, so
+each ratio compares figures measured side by side).
 
 Prints, per stream count, aggregate tokens/s (all tokens over the wall time from the first request to
 the last token) and time to first token p50/p95, the medians over rounds and the ratios. Goals: at 4
@@ -144,6 +146,7 @@ def main() -> None:
         one_stream(peer_url, MODEL, 0, 4, time.perf_counter())  # warm up
 
         measured: dict[tuple[str, int], list[dict[str, float]]] = {}
+        raws: list[float] = []
         for round_index in range(args.rounds):
             for streams in args.streams:
                 for name, url in (("localllm", ours_url), ("peer", peer_url)):
@@ -152,9 +155,11 @@ def main() -> None:
                     measured.setdefault((name, streams), []).append(result)
                     print(f"round {round_index + 1} {name:8} {streams} streams: {result['tokens_per_s']:6.1f} tok/s, "
                           f"first token p50 {result['ttft_p50']:.2f} s p95 {result['ttft_p95']:.2f} s", flush=True)
+                if streams == 1:
+                    raws.append(raw_rate(path, args.ctx, args.tokens, 1))
+                    print(f"round {round_index + 1} raw      1 stream:  {raws[-1]:6.1f} tok/s", flush=True)
         stop(ours, peer)
         ours = peer = None
-        raw = raw_rate(path, args.ctx, args.tokens, max(3, args.rounds))
 
         def med(name: str, streams: int, key: str) -> float:
             return statistics.median(r[key] for r in measured[(name, streams)])
@@ -170,6 +175,7 @@ def main() -> None:
                   f"{med('peer', streams, 'ttft_p50'):6.2f}/{med('peer', streams, 'ttft_p95'):<6.2f} | "
                   f"{ours_rate / peer_rate:5.2f}x")
         if 1 in args.streams:
+            raw = statistics.median(raws)
             print(f"\nraw llama-cpp-python, 1 stream: {raw:.1f} tok/s; localllm 1 stream: "
                   f"{med('localllm', 1, 'tokens_per_s') / raw:.2f}x raw (goal >= 0.95)")
         if 4 in args.streams:
