@@ -443,7 +443,7 @@ class BatchEngine:
             self._abort_installed = reading_prompt
 
     def _should_abort(self, _data: ctypes.c_void_p) -> bool:
-        """Called by llama.cpp between graph computations: stop a call that reads a cancelled prompt."""
+        """Called by llama.cpp after each graph node of a prompt read: stop a read of a cancelled prompt."""
         return any(
             slot.busy and slot.job.cancel.is_set() and not self._step_record[slot.seq][1]
             for slot in self._in_batch
