@@ -172,6 +172,30 @@ def test_queue_overflow_is_503_and_waiting_requests_go_in_order(make_daemon, gem
     assert "queue_depth 0.0" in httpx.get(server.base_url + "/metrics").text
 
 
+def test_a_burst_beyond_the_slots_and_the_queue_is_refused(make_daemon, gemma_path, hermetic_env: Path) -> None:
+    """Requests that arrive together, before the engine has given out any slot, count against the queue
+    too: with 2 slots and a queue of 1, at most 3 of 10 simultaneous requests are taken."""
+    server = make_daemon(LOCALLLM_NUM_PARALLEL="2", LOCALLLM_MAX_QUEUE="1").start()
+    assert pull_events(server, GEMMA)[-1] == {"status": "success"}
+    generate(server, GEMMA, "load", num_predict=1)
+    barrier = threading.Barrier(10)
+
+    def one(index: int) -> httpx.Response:
+        body = {"model": GEMMA, "prompt": f"Story {index}:", "raw": True, "stream": False,
+                "options": {"temperature": 0, "num_predict": 96}}
+        with server.client() as http:
+            barrier.wait()
+            return http.post("/api/generate", json=body)
+
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(one, range(10)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}, statuses
+    assert statuses.count(200) <= 3, statuses
+    assert all(r.headers["retry-after"] for r in responses if r.status_code == 503)
+    assert all(r.json()["done"] and r.json()["response"] for r in responses if r.status_code == 200)
+
+
 def test_a_cancelled_request_frees_its_slot_during_decode_and_prefill(make_daemon, gemma_path,
                                                                       hermetic_env: Path) -> None:
     server = make_daemon(LOCALLLM_NUM_PARALLEL="1").start()

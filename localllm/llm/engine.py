@@ -171,11 +171,13 @@ class BatchEngine:
         with self._wake:
             if self._closed:
                 raise LocalLLMError("the model is being unloaded; try again")
-            free = any(not slot.busy or slot.job.cancel.is_set() for slot in self.slots)  # cancelled: free next step
-            if not free and len(self._waiting) >= self.max_queue:
+            # Jobs already waiting take the free slots first (a burst can arrive before the loop admits
+            # any); a cancelled job's slot is free at the next step.
+            free = sum(not slot.busy or slot.job.cancel.is_set() for slot in self.slots)
+            queued = len(self._waiting) - free
+            if queued >= self.max_queue:
                 raise ServerBusy(
-                    f"this model is busy and {len(self._waiting)} request(s) are already waiting for it; "
-                    "try again shortly"
+                    f"this model is busy and {queued} request(s) are already waiting for it; try again shortly"
                 )
             self._waiting.append(job)
             self._wake.notify()
