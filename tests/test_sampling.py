@@ -62,7 +62,61 @@ def test_the_fast_choice_matches_llama_cpps_whole_chain(name: str) -> None:
     assert len(set(picked)) > 1
 
 
-def test_grammar_mirostat_and_unlimited_top_k_keep_the_whole_chain() -> None:
+@pytest.fixture(scope="module")
+def gemma_vocab(gemma_path) -> object:
+    """The real 262k-token vocabulary (no weights loaded), for grammars."""
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(gemma_path).encode(), params)
+    yield llama_cpp.llama_model_get_vocab(model)
+    llama_cpp.llama_model_free(model)
+
+
+def array_chain_choice(chain: object, logits: np.ndarray) -> int:
+    """``full_chain_choice`` for a whole real vocabulary (the candidates filled by numpy)."""
+    data = np.zeros(len(logits), dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+    data["id"], data["logit"] = np.arange(len(logits)), logits
+    candidates = llama_cpp.llama_token_data_array(
+        data=data.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)), size=len(logits), selected=-1,
+        sorted=False)
+    llama_cpp.llama_sampler_apply(chain, ctypes.byref(candidates))
+    token = int(data["id"][candidates.selected])
+    llama_cpp.llama_sampler_accept(chain, token)
+    return token
+
+
+@pytest.mark.parametrize("sampling", [Sampling(temperature=0), Sampling(temperature=0.9, top_k=40, seed=5),
+                                      Sampling(temperature=0, repeat_penalty=1.2)],
+                         ids=["greedy", "top-k", "penalty"])
+def test_a_grammar_checked_from_the_best_tokens_picks_what_the_whole_chain_picks(gemma_vocab, sampling) -> None:
+    """JSON mode over Gemma's 262k tokens: the grammar checks the best tokens first instead of all of them,
+    and the tokens picked are the whole chain's (rows where few or many tokens are allowed, and a banned
+    favourite)."""
+    from localllm.llm.grammar import JSON_GBNF
+
+    n_vocab = llama_cpp.llama_vocab_n_tokens(gemma_vocab)
+    ids = (llama_cpp.llama_token * 4)()
+    assert llama_cpp.llama_tokenize(gemma_vocab, b"{", 1, ids, 4, False, True) == 1
+    brace = ids[0]  # banned: the object must open with another token that holds a "{"
+    request = CompletionRequest(prompt_tokens=[2], sampling=sampling, grammar=JSON_GBNF, logit_bias={brace: -100})
+    fast = TokenSampler(request, vocab=gemma_vocab, n_vocab=n_vocab, n_ctx=512)
+    reference = _full_chain(request, gemma_vocab, n_vocab, 512, sampling.seed)
+    rng = np.random.default_rng(2)
+    try:
+        picked, expected = [], []
+        for _ in range(24):
+            row = rng.standard_normal(n_vocab).astype(np.float32) * 3
+            picked.append(fast.choose(row))
+            expected.append(array_chain_choice(reference, row))
+            assert picked == expected
+    finally:
+        fast.close()
+        llama_cpp.llama_sampler_free(reference)
+    assert brace not in picked
+    assert len(set(picked)) > 5
+
+
+def test_mirostat_and_unlimited_top_k_keep_the_whole_chain() -> None:
     for sampling in (Sampling(temperature=0.7, mirostat=2), Sampling(temperature=0.7, top_k=0)):
         sampler = TokenSampler(CompletionRequest(prompt_tokens=[1], sampling=sampling), vocab=None,
                                n_vocab=N_VOCAB, n_ctx=512)

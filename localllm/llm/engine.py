@@ -463,7 +463,11 @@ class BatchEngine:
 
     def _sample(self, slot: Slot) -> None:
         job, request = slot.job, slot.job.request
-        token = slot.sampler.sample(self.ctx, slot.batch_index)
+        try:
+            token = slot.sampler.sample(self.ctx, slot.batch_index)
+        except LocalLLMError as exc:  # this request's own dead end (its grammar); the others go on
+            self._finish(slot, error=exc)
+            return
         now = time.perf_counter_ns()
         if self.on_token is not None:
             since = slot.last_token_ns or job.arrived_ns

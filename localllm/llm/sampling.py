@@ -8,8 +8,13 @@ milliseconds per token, a large share of a batched decode step. Most requests ne
 * top-k sampling: only the k largest logits can be chosen, so the chain after top-k runs on those k.
 
 Bias and penalties are applied here in numpy to the few tokens they touch, with llama.cpp's formulas
-and its order (bias, then penalties), so the answers are the ones the full chain gives. A grammar,
-mirostat, or sampling without top-k need the whole vocabulary and keep llama.cpp's full chain.
+and its order (bias, then penalties), so the answers are the ones the full chain gives.
+
+A grammar (JSON mode, a schema) checked against all 262k tokens costs ~30 ms per token, twice a decode
+step, and the whole batch waits for it. Here it checks the best tokens first, in windows that widen
+until k of them are allowed: the k best allowed tokens are the ones the full chain's grammar-then-top-k
+keeps, and usually a few dozen checks find them. Mirostat, or sampling without top-k, need the whole
+vocabulary and keep llama.cpp's full chain.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections import Counter, deque
 import llama_cpp
 import numpy as np
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, LocalLLMError
 from .requests import CompletionRequest, Sampling
 
 __all__ = ["TokenSampler"]
@@ -42,21 +47,29 @@ class TokenSampler:
             [float("-inf") if value <= -100 else value for value in bias.values()], dtype=np.float32
         )
         seed = s.seed % 2**32 if s.seed >= 0 else random.randrange(2**31)
-        if request.grammar or (s.temperature > 0 and (s.mirostat in (1, 2) or s.top_k <= 0)):
+        self._grammar = None
+        if s.temperature > 0 and (s.mirostat in (1, 2) or s.top_k <= 0):
             self.mode = "full"
             self._chain = _full_chain(request, vocab, n_vocab, n_ctx, seed)
-        elif s.temperature <= 0:
+            return
+        if s.temperature <= 0:
             self.mode = "greedy"
             self._chain = None
         else:
             self.mode = "top_k"
             self._chain = _top_k_chain(s, seed)
             self._buffer = (llama_cpp.llama_token_data * min(s.top_k, n_vocab))()
+        if request.grammar:
+            self._grammar = _grammar_sampler(request.grammar, vocab)
+            if not self._grammar:
+                self.close()
+                raise InvalidRequest("the output grammar could not be compiled", param="response_format")
 
     def close(self) -> None:
-        if self._chain is not None:
-            llama_cpp.llama_sampler_free(self._chain)
-            self._chain = None
+        for sampler in (self._chain, self._grammar):
+            if sampler:
+                llama_cpp.llama_sampler_free(sampler)
+        self._chain = self._grammar = None
 
     def sample(self, ctx: object, row_index: int) -> int:
         """The next token from row ``row_index`` of the context's last logits."""
@@ -68,10 +81,35 @@ class TokenSampler:
     def choose(self, logits: np.ndarray) -> int:
         """The next token from a logits row (greedy and top-k modes; the row is not modified)."""
         logits = self._adjusted(logits)
-        token = int(logits.argmax()) if self.mode == "greedy" else self._sample_top_k(logits)
+        k = 1 if self.mode == "greedy" else min(self._sampling.top_k, self.n_vocab)
+        if self._grammar is not None:
+            ids = self._best_allowed(logits, k)
+        else:
+            ids = np.array([logits.argmax()]) if k == 1 else _largest(logits, k)
+        token = int(ids[0]) if self.mode == "greedy" else self._sample_top_k(logits, ids)
+        if self._grammar is not None:
+            llama_cpp.llama_sampler_accept(self._grammar, token)
         if self._penalized:
             self._history.append(token)
         return token
+
+    def _best_allowed(self, logits: np.ndarray, k: int) -> np.ndarray:
+        """The k highest-logit tokens the grammar allows, best first (ties: lower id first).
+
+        The grammar checks ever wider windows of the best tokens: once a window holds k allowed ones,
+        no token outside it can beat them. Where the grammar allows fewer (say, only "{" may open a JSON
+        object), it checks the whole vocabulary once."""
+        width = max(32, 4 * k)
+        while True:
+            window = _largest(logits, width) if width < self.n_vocab else np.arange(self.n_vocab)
+            allowed = window[np.isfinite(_grammar_logits(self._grammar, window, logits))]
+            if len(allowed) >= k or width >= self.n_vocab:
+                break
+            width = width * 8 if width * 8 < self.n_vocab // 4 else self.n_vocab
+        if not len(allowed):
+            raise LocalLLMError("the output grammar allows no token here (is every allowed token banned by "
+                                "logit_bias?)")
+        return allowed[np.lexsort((allowed, -logits[allowed]))][:k]
 
     def _adjusted(self, logits: np.ndarray) -> np.ndarray:
         """The row with logit bias and repetition penalties applied (a copy only when something changes)."""
@@ -90,10 +128,8 @@ class TokenSampler:
             logits[ids] = values - seen * s.frequency_penalty - s.presence_penalty
         return logits
 
-    def _sample_top_k(self, logits: np.ndarray) -> int:
-        """The chain from top-k on (typical, top-p, min-p, temperature, seeded draw) over the k best."""
-        k = min(self._sampling.top_k, self.n_vocab)
-        ids = _largest(logits, k)
+    def _sample_top_k(self, logits: np.ndarray, ids: np.ndarray) -> int:
+        """The chain from top-k on (typical, top-p, min-p, temperature, seeded draw) over the k best ``ids``."""
         buffer = self._buffer
         for slot, token in enumerate(ids.tolist()):
             buffer[slot].id = token
@@ -124,6 +160,26 @@ def _largest(logits: np.ndarray, k: int) -> np.ndarray:
     elif len(ids) > k:
         ids = ids[np.argpartition(logits[ids], -k)[-k:]]
     return ids
+
+
+def _grammar_sampler(grammar: str, vocab: object) -> object:
+    """llama.cpp's grammar sampler for a GBNF text (a NULL pointer if it does not compile)."""
+    return llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
+
+
+def _grammar_logits(grammar: object, ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """The candidates' logits after the grammar has set the ones it rejects to -inf."""
+    data = np.zeros(len(ids), dtype=_TOKEN_DATA)
+    data["id"], data["logit"] = ids, logits[ids]
+    candidates = llama_cpp.llama_token_data_array(
+        data=data.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)), size=len(ids), selected=-1,
+        sorted=False,
+    )
+    llama_cpp.llama_sampler_apply(grammar, ctypes.byref(candidates))
+    return data["logit"]
 
 
 def _top_k_chain(s: Sampling, seed: int) -> object:
@@ -159,7 +215,7 @@ def _full_chain(request: CompletionRequest, vocab: object, n_vocab: int, n_ctx: 
         add(llama_cpp.llama_sampler_init_penalties(n_vocab, last_n, s.repeat_penalty, s.frequency_penalty,
                                                    s.presence_penalty))
     if request.grammar:
-        grammar = llama_cpp.llama_sampler_init_grammar(vocab, request.grammar.encode(), b"root")
+        grammar = _grammar_sampler(request.grammar, vocab)
         if not grammar:
             llama_cpp.llama_sampler_free(chain)
             raise InvalidRequest("the output grammar could not be compiled", param="response_format")
