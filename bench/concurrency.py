@@ -15,6 +15,10 @@ each ratio compares figures measured side by side).
 Prints, per stream count, aggregate tokens/s (all tokens over the wall time from the first request to
 the last token) and time to first token p50/p95, the medians over rounds and the ratios. Goals: at 4
 streams aggregate >= 2.0x the peer and first-token p95 <= 0.5 s; at 1 stream >= 0.95x raw.
+
+Each round also times a chat's first token through ``POST /v1/chat/completions``: the first turn
+(a history of about 1,500 tokens, new to the server) and the second (the same history, the answer and
+one more question). Goal: the second turn's first token in at most a quarter of the first's time.
 """
 
 from __future__ import annotations
@@ -57,6 +61,34 @@ def one_stream(base_url: str, model: str, index: int, tokens: int, started: floa
                 first = first or last
                 count += 1
     return first, last, count
+
+
+def chat_turns(base_url: str, model: str, seed: int) -> tuple[float, float]:
+    """Seconds to the first token of a chat's first turn (a long history nothing has cached) and of its
+    second turn, which repeats that history."""
+    facts = " ".join(f"Fact {i}: the number {seed + i} is {'even' if (seed + i) % 2 == 0 else 'odd'}."
+                     for i in range(120))
+    messages = [{"role": "user", "content": "Remember these facts. " + facts}]
+
+    def turn() -> tuple[float, str]:
+        body = {"model": model, "messages": messages, "max_tokens": 8, "temperature": 0, "stream": True}
+        started, first, text = time.perf_counter(), 0.0, []
+        with httpx.Client(timeout=600) as client, client.stream("POST", base_url + "/v1/chat/completions",
+                                                                 json=body) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
+                    first = first or time.perf_counter() - started
+                    text.append(choices[0]["delta"]["content"])
+        return first or time.perf_counter() - started, "".join(text)
+
+    cold, answer = turn()
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "Is 7 odd?"}]
+    warm, _ = turn()
+    return cold, warm
 
 
 def drive(base_url: str, model: str, streams: int, tokens: int, offset: int) -> dict[str, float]:
@@ -147,6 +179,7 @@ def main() -> None:
 
         measured: dict[tuple[str, int], list[dict[str, float]]] = {}
         raws: list[float] = []
+        chats: dict[str, list[tuple[float, float]]] = {}
         for round_index in range(args.rounds):
             for streams in args.streams:
                 for name, url in (("localllm", ours_url), ("peer", peer_url)):
@@ -158,6 +191,11 @@ def main() -> None:
                 if streams == 1:
                     raws.append(raw_rate(path, args.ctx, args.tokens, 1))
                     print(f"round {round_index + 1} raw      1 stream:  {raws[-1]:6.1f} tok/s", flush=True)
+            for name, url in (("localllm", ours_url), ("peer", peer_url)):
+                cold, warm = chat_turns(url, MODEL, 1000 * (round_index + 1))
+                chats.setdefault(name, []).append((cold, warm))
+                print(f"round {round_index + 1} {name:8} chat: first token {cold:.2f} s cold, {warm:.2f} s "
+                      "on the second turn", flush=True)
         stop(ours, peer)
         ours = peer = None
 
@@ -178,6 +216,11 @@ def main() -> None:
             raw = statistics.median(raws)
             print(f"\nraw llama-cpp-python, 1 stream: {raw:.1f} tok/s; localllm 1 stream: "
                   f"{med('localllm', 1, 'tokens_per_s') / raw:.2f}x raw (goal >= 0.95)")
+        for name, turns in chats.items():
+            cold, warm = statistics.median(t[0] for t in turns), statistics.median(t[1] for t in turns)
+            goal = " (goal <= 0.25)" if name == "localllm" else ""
+            print(f"{name} chat, ~1,500-token history: first token {cold:.2f} s cold, {warm:.2f} s on the "
+                  f"second turn, {warm / cold:.2f}x{goal}")
         if 4 in args.streams:
             print(f"4 streams: {med('localllm', 4, 'tokens_per_s') / med('peer', 4, 'tokens_per_s'):.2f}x the peer "
                   f"(goal >= 2.0), first-token p95 {med('localllm', 4, 'ttft_p95'):.2f} s (goal <= 0.5)")
