@@ -300,7 +300,7 @@ def test_busy_sequences_are_kept_side_by_side_without_changing_answers(gemma_pat
 
     try:
         runs = []
-        for prompt, tokens in [(PROMPTS[0], 48), (PROMPTS[1], 6), (PROMPTS[2], 48)]:
+        for prompt, tokens in [(PROMPTS[0], 48), (PROMPTS[1], 16), (PROMPTS[2], 48)]:
             runs.append(submit(prompt, tokens))
             assert runs[-1][0].wait(60)  # streaming before the next arrives: slots 0, 1 and 2 in that order
         for _started, done, _text in runs:
@@ -312,7 +312,7 @@ def test_busy_sequences_are_kept_side_by_side_without_changing_answers(gemma_pat
         assert any(len(seqs) == 2 and seqs != [0, 2] for seqs in after_the_middle_ended)
 
         alone = []
-        for prompt, tokens in [(PROMPTS[0], 48), (PROMPTS[1], 6), (PROMPTS[2], 48)]:
+        for prompt, tokens in [(PROMPTS[0], 48), (PROMPTS[1], 16), (PROMPTS[2], 48)]:
             _started, done, text = submit(prompt, tokens)
             assert done.wait(120)
             alone.append("".join(text))
