@@ -52,15 +52,29 @@ def answer(daemon: Daemon, model: str, prompt: str = "hello world", **options: o
 
 
 # --- from the embedded model, through the CLI ---------------------------------------------------------------
+GEMMA_TEMPLATE = """{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user
+{{ .Content }}<end_of_turn>
+{{ if $last }}<start_of_turn>model
+{{ end }}
+{{- else if eq .Role "assistant" }}<start_of_turn>model
+{{ .Content }}{{ if not $last }}<end_of_turn>
+{{ end }}
+{{- end }}
+{{- end }}"""
+
+
 def test_a_modelfile_from_a_model_shares_its_weights_and_round_trips(gemma_daemon: Daemon, tmp_path: Path) -> None:
     modelfile = tmp_path / "Modelfile"
-    modelfile.write_text(
+    modelfile.write_text(  # values over several lines in "quotes", as Ollama reads and writes them
         "# a persona\n"
         "FROM gemma3:270m\n"
+        f'TEMPLATE "{GEMMA_TEMPLATE}"\n'
         "PARAMETER temperature 0.2\n"
         "PARAMETER stop <end_of_turn>\n"
-        "PARAMETER stop \"\\n\\n\"\n"
-        'SYSTEM """You are a terse pirate."""\n'
+        'PARAMETER stop "\n\n"\n'
+        'SYSTEM "You are a terse pirate.\nYou say arr."\n'
         "MESSAGE user Ahoy?\n"
         "MESSAGE assistant Arr.\n"
         'LICENSE """my terms"""\n'
@@ -73,7 +87,8 @@ def test_a_modelfile_from_a_model_shares_its_weights_and_round_trips(gemma_daemo
 
     with gemma_daemon.client() as client:
         shown = client.post("/api/show", json={"model": "pirate"}).json()
-    assert shown["system"] == "You are a terse pirate."
+    assert shown["system"] == "You are a terse pirate.\nYou say arr."
+    assert shown["template"] == GEMMA_TEMPLATE
     assert shown["messages"] == [{"role": "user", "content": "Ahoy?"}, {"role": "assistant", "content": "Arr."}]
     assert "temperature                    0.2" in shown["parameters"]
     assert "num_predict                    200" in shown["parameters"]  # inherited from gemma3:270m
@@ -88,6 +103,10 @@ def test_a_modelfile_from_a_model_shares_its_weights_and_round_trips(gemma_daemo
     assert result.returncode == 0, result.stderr
     first, second = manifest_layers(gemma_daemon, "pirate:latest"), manifest_layers(gemma_daemon, "pirate2:latest")
     assert first == second
+    with gemma_daemon.client() as client:
+        again_shown = client.post("/api/show", json={"model": "pirate2"}).json()
+    assert [again_shown[key] for key in ("template", "system", "parameters", "messages")] == [
+        shown[key] for key in ("template", "system", "parameters", "messages")]
     assert answer(gemma_daemon, "pirate2", "Where is the treasure?")
 
 
@@ -96,7 +115,8 @@ def test_create_reports_a_bad_modelfile_by_line_and_creates_nothing(gemma_daemon
     cases = {
         "PARAMETER temperature 1\n": "no FROM",
         "FROM gemma3:270m\nPARAMETR temperature 1\n": "line 2: unknown instruction 'PARAMETR'",
-        'FROM gemma3:270m\nSYSTEM """\nnever closed\n': 'line 2: SYSTEM: the """ block opened here is never closed',
+        'FROM gemma3:270m\nSYSTEM """\nnever closed\n': "line 2: the quoted value of SYSTEM opened here is never "
+                                                       "closed",
         "FROM ./missing.gguf\n": "line 1: FROM ./missing.gguf: no such file",
         "FROM gemma3:270m\nPARAMETER temprature 1\n": "line 2: unknown parameter 'temprature'",
         "FROM gemma3:270m\nTEMPLATE {% if %}\n": "line 1, column",
@@ -175,7 +195,7 @@ def test_the_official_client_creates_from_uploaded_files_and_from_models(daemon:
                              messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
     assert response.status == "success"
     shown = client.show("helper")
-    assert 'SYSTEM """Be helpful."""' in shown.modelfile
+    assert "\nSYSTEM Be helpful.\n" in shown.modelfile  # bare, as Ollama writes a one-line value
     assert shown.template == TINY_TEMPLATE
     assert shown.license == "L1\nL2"
     assert manifest_layers(daemon, "helper:latest")["model"] == [digest]
@@ -184,7 +204,7 @@ def test_the_official_client_creates_from_uploaded_files_and_from_models(daemon:
     # the older form: the Modelfile's text, with uploaded files named by digest
     status, events = create_events(daemon, {"name": "legacy", "modelfile": f"FROM @{digest}\nSYSTEM terse\n"})
     assert status == 200 and events[-1] == {"status": "success"}
-    assert 'SYSTEM """terse"""' in client.show("legacy").modelfile
+    assert "\nSYSTEM terse\n" in client.show("legacy").modelfile
 
 
 def test_bad_create_requests_are_400s_naming_the_problem(daemon: Daemon, tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .parser import read_value
+
 
 def _quote(value: Any) -> str:
     if isinstance(value, str):
@@ -23,8 +25,39 @@ def format_parameters(params: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def _block(text: str) -> str:
-    return f'"""{text}"""'
+def ollama_quote(value: str) -> str:
+    """Ollama's quote(): ``"..."`` (``\"\"\"...\"\"\"`` if it holds a ``"``) around a value with a newline or
+    a space at either end; any other value bare."""
+    if "\n" in value or value.startswith(" ") or value.endswith(" "):
+        return f'"""{value}"""' if '"' in value else f'"{value}"'
+    return value
+
+
+def reads_back(rendered: str, value: str) -> bool:
+    """Whether ``rendered``, written as an instruction's value on its own line(s), parses back as ``value``."""
+    return read_value(rendered) == value
+
+
+def quote_value(value: str) -> str:
+    """``value`` written for a Modelfile: as Ollama writes it when that reads back as the same text, else
+    bare, ``"..."`` or ``\"\"\"...\"\"\"``, the first that does.
+
+    A value none of them can carry: one with a line that ends (spaces aside) with ``\"\"\"`` and more after
+    it. Every quoted form ends at that line, and no escapes exist, so no Modelfile holds it; it is written
+    as Ollama writes it, and reading it back then ends the value early (usually then an error on the line
+    after). Nor can a value holding ``\\r\\n``: the reader takes that for an end of line, ``\\n``.
+    """
+    preferred = ollama_quote(value)
+    for rendered in (preferred, value, f'"{value}"', f'"""{value}"""'):
+        if reads_back(rendered, value):
+            return rendered
+    return preferred
+
+
+def _parameter_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
 
 
 def render_modelfile(
@@ -43,19 +76,19 @@ def render_modelfile(
         "# To build a new Modelfile based on this, replace FROM with:",
         f"# FROM {display_name}",
         "",
-        f"FROM {model_from}",
+        f"FROM {quote_value(model_from)}",
     ]
     if template:
-        lines.append(f"TEMPLATE {_block(template)}")
+        lines.append(f"TEMPLATE {quote_value(template)}")
     if system:
-        lines.append(f"SYSTEM {_block(system)}")
+        lines.append(f"SYSTEM {quote_value(system)}")
     for adapter in adapters or []:
-        lines.append(f"ADAPTER {adapter}")
+        lines.append(f"ADAPTER {quote_value(adapter)}")
     for key, value in (params or {}).items():
         for item in value if isinstance(value, list) else [value]:
-            lines.append(f"PARAMETER {key} {_quote(item)}")
+            lines.append(f"PARAMETER {key} {quote_value(_parameter_text(item))}")
     for message in messages or []:
-        lines.append(f"MESSAGE {message.get('role', 'user')} {_block(str(message.get('content', '')))}")
+        lines.append(f"MESSAGE {message.get('role', 'user')} {quote_value(str(message.get('content', '')))}")
     for text in licenses:
-        lines.append(f"LICENSE {_block(text)}")
+        lines.append(f"LICENSE {quote_value(text)}")
     return "\n".join(lines) + "\n"
