@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from localllm.llm.tools import parse_tool_calls
+from localllm.llm.tools import ToolCallStream, parse_tool_calls
 
 NAMES = {"get_weather", "get_time"}
 QWEN_TEMPLATE = "... <tools></tools> ... <tool_call>\n{...}\n</tool_call><|im_end|>"
@@ -21,7 +21,8 @@ def time_in(tz: str = "CET") -> dict:
 
 
 def parse(text: str, template: str | None = None, names: set[str] = NAMES) -> tuple[str, list[dict]]:
-    return parse_tool_calls(text, template_source=template, tool_names=names)
+    """The whole output at once (``template``: what the model was taught, which must not matter)."""
+    return parse_tool_calls(text, tool_names=names)
 
 
 # --- Hermes / Qwen ----------------------------------------------------------------------------------------------
@@ -185,3 +186,77 @@ def test_prose_and_ordinary_json_are_untouched(text: str) -> None:
 )
 def test_malformed_json_is_returned_as_content(text: str) -> None:
     assert parse(text) == (text, [])
+
+
+# --- as the output streams ----------------------------------------------------------------------------------------
+
+
+def streamed(text: str, size: int, names: set[str] = NAMES) -> list[str | dict]:
+    """The stream's events for ``text`` arriving ``size`` characters at a time, with finish()'s at the end
+    (marked by the string "<finish>")."""
+    stream = ToolCallStream(names)
+    events: list[str | dict] = []
+    for start in range(0, len(text), size):
+        events += stream.feed(text[start:start + size])
+    return [*events, "<finish>", *stream.finish()]
+
+
+WHOLE_OUTPUTS = [
+    "Paris is sunny today.",
+    "Let me look that up.\n"
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "get_time", "arguments": {"tz": "CET"}}\n</tool_call>',
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}\n</tool_call>\nthen <tool_call>\n'
+    '{"name": "get_time", "arguments": {"tz": "CET"}}\n</tool_call> done',
+    '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_time[ARGS]{"tz": "CET"}',
+    'Checking.<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}<|eom_id|>',
+    '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
+    '[{"name": "get_weather", "parameters": {"city": "Paris"}}]',
+    '{"name": "Alice", "age": 31} is a person.',
+    "In JavaScript, write `if (x) { return {a: 1}; }` to return an object.",
+    "The <tool_call> tag is how Qwen marks calls.",
+    "a < b and [x] < [TOOL",
+]
+
+
+@pytest.mark.parametrize("text", WHOLE_OUTPUTS)
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_any_chunking_gives_what_the_whole_output_gives(text: str, size: int) -> None:
+    content, calls = parse(text)
+    events = [event for event in streamed(text, size) if event != "<finish>"]
+    assert [e for e in events if isinstance(e, dict)] == calls
+    assert "".join(e for e in events if isinstance(e, str)) == (content if calls else text.strip())
+
+
+def test_content_streams_before_the_call_and_the_call_comes_at_its_closing_tag() -> None:
+    text = ('Let me check the weather for you.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+            '\n</tool_call>\n')
+    events = streamed(text, 3)
+    first_call = next(i for i, e in enumerate(events) if isinstance(e, dict))
+    assert events.index("<finish>") > first_call  # the call went out before the output ended
+    assert "".join(e for e in events[:first_call] if isinstance(e, str)) == "Let me check the weather for you."
+    assert events[first_call] == weather()
+
+
+def test_text_that_may_start_a_marker_is_held_only_until_it_cannot() -> None:
+    stream = ToolCallStream(NAMES)
+    assert stream.feed("Use <") == ["Use"]  # " <" could begin <tool_call>
+    assert stream.feed("b> here") == [" <b> here"]
+    assert stream.feed(" [TOOL") == []
+    assert stream.feed("S] and more") == [" [TOOLS] and more"]
+
+
+@pytest.mark.parametrize("cut", ["", "<", "</tool", "</tool_call"])
+def test_a_call_cut_inside_its_closing_tag_is_still_a_call(cut: str) -> None:
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}' + cut
+    assert parse(text) == ("", [weather()])
+    assert [e for e in streamed(text, 4) if e != "<finish>"] == [weather()]
+
+
+def test_an_unmarked_call_is_only_known_at_the_end() -> None:
+    events = streamed('{"name": "get_weather", "arguments": {"city": "Paris"}}', 5)
+    assert events == ["<finish>", weather()]
+    answer = streamed('{"name": "Alice", "age": 31} and more text', 5)
+    assert answer.index("<finish>") > 0 and "".join(e for e in answer if e != "<finish>") == (
+        '{"name": "Alice", "age": 31} and more text'
+    )

@@ -8,6 +8,7 @@ do not talk to the runner or the scheduler themselves.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -16,12 +17,12 @@ from typing import Any
 
 from .grammar import grammar_for
 from .options import Options
-from .prompts import stop_words, template_source
+from .prompts import stop_words
 from .requests import CompletionRequest, Finished, Piece, Sampling
 from .runner import LlamaRunner
 from .scheduler import ModelFacts, Scheduler
 from .templates import ChatTemplate
-from .tools import parse_tool_calls
+from .tools import ToolCallStream
 
 BuildPrompt = Callable[[LlamaRunner], tuple[list[int], ChatTemplate | None]]
 
@@ -50,6 +51,22 @@ class Outcome:
             "eval_count": self.eval_count,
             "eval_duration": self.eval_ns,
         }
+
+
+@dataclass
+class ToolCalls:
+    """Tool calls the model finished writing, yielded as soon as each is complete (before the Outcome)."""
+
+    calls: list[dict[str, Any]]
+
+
+def with_ids(calls: list[dict[str, Any]], first_index: int = 0) -> list[dict[str, Any]]:
+    """Calls as both APIs send them: an ``id`` a ``tool`` message can name, and the call's ``index``."""
+    return [
+        {"id": f"call_{secrets.token_hex(12)}",
+         "function": {"index": first_index + offset, **call["function"]}}
+        for offset, call in enumerate(calls)
+    ]
 
 
 def forced_calls(text: str, names: set[str]) -> tuple[str, list[dict[str, Any]]]:
@@ -96,16 +113,36 @@ async def generate(
     calls_are_json: bool = False,
     logit_bias: dict[int, float] | None = None,
     logprobs: int | None = None,
-) -> AsyncIterator[Piece | Outcome]:
-    """Yield text pieces, then one :class:`Outcome`. With tools, the text comes in one piece at the end
-    (a tool call is only recognisable once the output is complete).
+) -> AsyncIterator[Piece | ToolCalls | Outcome]:
+    """Yield text pieces and, with tools, :class:`ToolCalls` as each call is complete; then one
+    :class:`Outcome`, which holds every call again (for answers that are not streamed).
 
     ``grammar`` (GBNF) takes the place of ``format``; ``calls_are_json`` says the grammar forced the
-    whole output to be tool calls as JSON (OpenAI's ``tool_choice: required``), so it is read as such.
+    whole output to be tool calls as JSON (OpenAI's ``tool_choice: required``), so it is read whole, at the end.
     """
     started = time.perf_counter_ns()
     options = facts.params.merged(options)
     grammar = grammar or grammar_for(format)
+    names = {t.get("function", {}).get("name") for t in tools or [] if isinstance(t, dict)} - {None}
+    calls_stream = ToolCallStream(names) if tools and not calls_are_json else None
+    shown: list[str] = []
+    calls: list[dict[str, Any]] = []
+    held_logprobs: list[Any] = []
+
+    def shaped(events: list[str | dict[str, Any]]) -> list[Piece | ToolCalls]:
+        """The stream's content and calls as events (content takes the log-probabilities read so far)."""
+        result: list[Piece | ToolCalls] = []
+        for item in events:
+            if isinstance(item, str):
+                shown.append(item)
+                result.append(Piece(item, None if logprobs is None else list(held_logprobs)))
+                held_logprobs.clear()
+            else:
+                new = with_ids([item], len(calls))
+                calls.extend(new)
+                result.append(ToolCalls(new))
+        return result
+
     async with scheduler.lease(facts, options, keep_alive=keep_alive) as (runner, load_seconds):
         tokens, template = build_prompt(runner)
         request = CompletionRequest(
@@ -122,29 +159,34 @@ async def generate(
         finished: Finished | None = None
         async with aclosing(runner.complete(request)) as events:
             async for event in events:
-                if isinstance(event, Piece):
-                    pieces.append(event)
-                    if not tools:
-                        yield event
-                else:
+                if not isinstance(event, Piece):
                     finished = event
+                elif calls_stream is not None:
+                    held_logprobs.extend(event.logprobs or [])
+                    for item in shaped(calls_stream.feed(event.text)):
+                        yield item
+                elif tools:
+                    pieces.append(event)  # forced calls: read whole at the end
+                else:
+                    shown.append(event.text)
+                    yield event
     assert finished is not None
     if scheduler.metrics is not None:
         scheduler.metrics.count_generation(facts.name.display, finished.prompt_tokens, finished.eval_count)
-    text = "".join(piece.text for piece in pieces)
-    calls: list[dict[str, Any]] = []
-    if tools:
-        names = {t.get("function", {}).get("name") for t in tools if isinstance(t, dict)} - {None}
-        if calls_are_json:
-            text, calls = forced_calls(text, names)
-        else:
-            text, calls = parse_tool_calls(text, template_source=template_source(facts), tool_names=names)
+    if calls_stream is not None:
+        for item in shaped(calls_stream.finish()):
+            yield item
+    elif tools:
+        text, forced = forced_calls("".join(piece.text for piece in pieces), names)
+        calls.extend(with_ids(forced))
         if text:
-            merged = None if logprobs is None else [lp for piece in pieces for lp in piece.logprobs or []]
-            yield Piece(text, merged)
+            shown.append(text)
+            yield Piece(text, None if logprobs is None else [lp for piece in pieces for lp in piece.logprobs or []])
+        if calls:
+            yield ToolCalls(list(calls))
     yield Outcome(
         reason=finished.reason,
-        text=text,
+        text="".join(shown),
         prompt_eval_count=finished.prompt_tokens,
         prompt_eval_ns=finished.prompt_eval_ns,
         eval_count=finished.eval_count,

@@ -1,9 +1,9 @@
 """Tool calls in a model's output, in the formats models are trained to write them.
 
 Each model family writes calls its own way: Hermes/Qwen wrap JSON in ``<tool_call>`` tags, Mistral puts them
-after ``[TOOL_CALLS]``, Llama 3.1+ writes ``<|python_tag|>`` or simply answers with a JSON object. The chat
-template tells which format the model was taught, so that one is tried first; the others follow because
-fine-tunes do not always keep to their template.
+after ``[TOOL_CALLS]``, Llama 3.1+ writes ``<|python_tag|>`` or simply answers with a JSON object. Every
+format is recognised whatever the chat template teaches, because fine-tunes do not always keep to it.
+:class:`ToolCallStream` reads them as the output streams; :func:`parse_tool_calls` reads a whole output.
 
 Strictness: a call needs its marker, or — unmarked — must be the whole output; JSON that does not parse, and
 calls of tools the request did not offer, stay in the content for the user to see. No input raises.
@@ -13,87 +13,190 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 
 _Found = tuple[str, list[dict[str, Any]]]
-_Parser = Callable[[str, set[str]], _Found | None]
 
 _DECODER = json.JSONDecoder()
 _CALL_KEYS = {"name", "arguments", "parameters", "type", "id"}
 _WRAPPER_KEYS = {"function", "type", "id"}
 
 
-def parse_tool_calls(text: str, *, template_source: str | None, tool_names: set[str]) -> tuple[str, list[dict]]:
-    """Split a model's output into (content left for the user, tool calls).
+def parse_tool_calls(text: str, *, tool_names: set[str]) -> tuple[str, list[dict]]:
+    """Split a whole model output into (content left for the user, tool calls).
 
     Each tool call: {"function": {"name": str, "arguments": dict}} (arguments always a dict: parse a JSON string
     if the model wrote one). Only names in tool_names count (when tool_names is non-empty); text that is not a tool
     call stays content. No tool call found: (text, [])."""
-    for parser in _parsers(template_source or ""):
-        found = parser(text, tool_names)
-        if found is not None:
-            return found
-    return text, []
+    stream = ToolCallStream(tool_names)
+    events = stream.feed(text) + stream.finish()
+    calls = [event for event in events if isinstance(event, dict)]
+    if not calls:
+        return text, []
+    return "".join(event for event in events if isinstance(event, str)), calls
 
 
-def _parsers(template_source: str) -> list[_Parser]:
-    preferred: list[_Parser] = []
-    if "<tool_call>" in template_source:
-        preferred.append(_hermes)
-    if "[TOOL_CALLS]" in template_source:
-        preferred.append(_mistral)
-    if "<|python_tag|>" in template_source or "<|start_header_id|>" in template_source:
-        preferred.append(_python_tag)
-    return preferred + [parser for parser in (_hermes, _mistral, _python_tag, _bare_json) if parser not in preferred]
+Event = str | dict[str, Any]  # content to show, or one tool call
+
+_HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
+_MISTRAL_MARK = "[TOOL_CALLS]"
+_PYTHON_TAG = "<|python_tag|>"
+_MARKERS = (_HERMES_OPEN, _MISTRAL_MARK, _PYTHON_TAG)
+
+
+class ToolCallStream:
+    """Reads a model's output as it streams and splits it into content and tool calls.
+
+    Content flows on at once, except text that may be the start of a call marker (``<tool_c`` ...), held
+    until the next piece tells. A ``<tool_call>`` block is decided at its closing tag, or at the end of
+    the output (a model that stops at its end-of-turn token may never write it, or stop inside it:
+    ``...}}</tool``). ``[TOOL_CALLS]`` and ``<|python_tag|>`` calls run to the next marker or the end, and
+    an unmarked call must be the whole output, so those are decided at the end. Whitespace at the edges of
+    the content is dropped, and between content pieces kept, as the model wrote it."""
+
+    def __init__(self, tool_names: set[str]) -> None:
+        self.names = tool_names
+        self._buffer = ""
+        self._state = "start"  # start | text | bare | block
+        self._marker = ""  # the marker of the open block
+        self._space = ""  # whitespace held back: it is content only if more content follows
+        self._shown = False  # whether any content went out (leading whitespace is dropped until then)
+
+    def feed(self, text: str) -> list[Event]:
+        self._buffer += text
+        return self._advance(final=False)
+
+    def finish(self) -> list[Event]:
+        return self._advance(final=True)
+
+    # --- the states -----------------------------------------------------------------------------------------
+    def _advance(self, *, final: bool) -> list[Event]:
+        out: list[Event] = []
+        while True:
+            before = (self._state, len(self._buffer))
+            getattr(self, f"_{self._state}")(out, final)
+            if (self._state, len(self._buffer)) == before or not self._buffer:
+                if final and self._buffer:  # a state that could not decide gives its text back
+                    self._content(out, self._buffer)
+                    self._buffer = ""
+                return out
+
+    def _start(self, out: list[Event], final: bool) -> None:
+        """At the beginning: an unmarked JSON call, or anything else."""
+        head = self._buffer.lstrip()
+        if not head:
+            return
+        if not final and any(marker.startswith(head) for marker in _MARKERS):
+            return  # "[" or "<": a marker, or JSON?
+        if head.startswith(_MARKERS):
+            self._state = "text"
+        elif head[0] in "{[" or head.startswith("```"):
+            self._state = "bare"
+        elif head.startswith("`") and len(head) < 3 and not final:
+            return
+        else:
+            self._state = "text"
+
+    def _text(self, out: list[Event], final: bool) -> None:
+        found = [(index, marker) for marker in _MARKERS if (index := self._buffer.find(marker)) >= 0]
+        if found:
+            index, marker = min(found)
+            self._content(out, self._buffer[:index])
+            self._buffer = self._buffer[index + len(marker):]
+            self._state, self._marker = "block", marker
+            return
+        keep = 0 if final else _marker_prefix_length(self._buffer)
+        self._content(out, self._buffer[: len(self._buffer) - keep])
+        self._buffer = self._buffer[len(self._buffer) - keep:]
+
+    def _bare(self, out: list[Event], final: bool) -> None:
+        """Output that starts like JSON: a call only if it is the whole output. JSON that is complete and
+        no call lets the content flow at once."""
+        if final:
+            found = _bare_json(self._buffer, self.names)
+            if found:
+                out.extend(found[1])
+                self._buffer = ""
+            else:
+                self._state = "text"
+            return
+        body = self._buffer.strip()
+        if body.startswith("```"):
+            return
+        try:
+            value, _ = _DECODER.raw_decode(body)
+        except (json.JSONDecodeError, RecursionError):
+            return  # not complete yet (or never: decided at the end)
+        items = value if isinstance(value, list) else [value]
+        if not items or any(_call(item, self.names, strict=True) is None for item in items):
+            self._state = "text"
+
+    def _block(self, out: list[Event], final: bool) -> None:
+        if self._marker == _HERMES_OPEN:
+            end = self._buffer.find(_HERMES_CLOSE)
+            if end < 0 and not final:
+                return
+            body = self._buffer[:end] if end >= 0 else _without_partial(self._buffer, _HERMES_CLOSE)
+            rest = self._buffer[end + len(_HERMES_CLOSE):] if end >= 0 else ""
+            raw = self._marker + self._buffer[: len(self._buffer) - len(rest)]
+            self._resolve(out, _calls_in(body, self.names, strict=False), raw)
+            self._buffer = rest
+            return
+        if self._marker == _MISTRAL_MARK:
+            end = self._buffer.find(_MISTRAL_MARK)
+            if end < 0 and not final:
+                return
+            segment = self._buffer[:end] if end >= 0 else self._buffer
+            self._resolve(out, _mistral_segment(segment, self.names), self._marker + segment)
+            self._buffer = self._buffer[len(segment):]
+            return
+        if final:  # <|python_tag|>: Llama's calls run to the end of the output
+            calls = _calls_in(_LLAMA_END.sub("", self._buffer), self.names, strict=False)
+            self._resolve(out, calls, self._marker + self._buffer)
+            self._buffer = ""
+
+    def _resolve(self, out: list[Event], calls: list[dict[str, Any]] | None, raw: str) -> None:
+        """A block read whole: its calls, or (not a call after all) its text as content."""
+        if calls:
+            out.extend(calls)
+        else:
+            self._content(out, raw)
+        self._state = "text"
+
+    def _content(self, out: list[Event], text: str) -> None:
+        if not self._shown:
+            text = text.lstrip()
+        body = text.rstrip()
+        if body:
+            out.append(self._space + body)
+            self._space, self._shown = "", True
+        self._space += text[len(body):]
+
+
+def _marker_prefix_length(text: str) -> int:
+    """How many characters at the end of ``text`` could begin a call marker."""
+    for length in range(min(len(text), max(map(len, _MARKERS)) - 1), 0, -1):
+        if any(marker.startswith(text[-length:]) for marker in _MARKERS):
+            return length
+    return 0
+
+
+def _without_partial(text: str, tag: str) -> str:
+    """``text`` without a beginning of ``tag`` at its very end (output that stopped inside the tag)."""
+    for length in range(min(len(text), len(tag) - 1), 0, -1):
+        if tag.startswith(text[-length:]):
+            return text[:-length]
+    return text
 
 
 # --- the formats ------------------------------------------------------------------------------------------------
 
-# Closed, or left open at the very end (the model stopped on its end-of-turn token before writing </tool_call>).
-_HERMES_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
-
-
-def _hermes(text: str, names: set[str]) -> _Found | None:
-    """``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, once per call (Hermes, Qwen)."""
-    calls: list[dict[str, Any]] = []
-    content: list[str] = []
-    pos = 0
-    for match in _HERMES_BLOCK.finditer(text):
-        found = _calls_in(match.group(1), names, strict=False)
-        if not found:
-            continue  # not a call: the block stays in the content
-        content.append(text[pos : match.start()])
-        calls.extend(found)
-        pos = match.end()
-    if not calls:
-        return None
-    content.append(text[pos:])
-    return "".join(content).strip(), calls
-
-
-_MISTRAL_MARK = "[TOOL_CALLS]"
 # Newer Mistral templates: [TOOL_CALLS]name[ARGS]{...}, some with [CALL_ID]id before [ARGS].
 _MISTRAL_NAMED = re.compile(r"\s*(?P<name>[A-Za-z_][\w.\-]*)\s*(?:\[CALL_ID\]\s*[\w\-]+\s*)?\[ARGS\]\s*")
 
 
-def _mistral(text: str, names: set[str]) -> _Found | None:
-    """``[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`` or ``[TOOL_CALLS]name[ARGS]{...}``."""
-    head, *segments = text.split(_MISTRAL_MARK)
-    calls: list[dict[str, Any]] = []
-    content = [head]
-    for segment in segments:
-        found = _mistral_segment(segment, names)
-        if found:
-            calls.extend(found)
-        else:
-            content.append(_MISTRAL_MARK + segment)
-    if not calls:
-        return None
-    return "".join(content).strip(), calls
-
-
 def _mistral_segment(segment: str, names: set[str]) -> list[dict[str, Any]] | None:
+    """What follows ``[TOOL_CALLS]``: a JSON list of calls, or ``name[ARGS]{...}``."""
     match = _MISTRAL_NAMED.match(segment)
     if match is None:
         return _calls_in(segment, names, strict=False)
@@ -107,19 +210,8 @@ def _mistral_segment(segment: str, names: set[str]) -> list[dict[str, Any]] | No
     return [call] if call else None
 
 
-_PYTHON_TAG = "<|python_tag|>"
+# Llama 3.1+ ends a call turn with <|eom_id|> (or <|eot_id|>) when the text keeps them.
 _LLAMA_END = re.compile(r"(?:\s*(?:<\|eom_id\|>|<\|eot_id\|>))+\s*\Z")
-
-
-def _python_tag(text: str, names: set[str]) -> _Found | None:
-    """``<|python_tag|>{"name": ..., "parameters": {...}}`` (Llama 3.1+); what precedes the tag is content.
-
-    Built-in tools written as Python (``brave_search.call(query=...)``) are not JSON and stay content."""
-    head, tag, tail = text.partition(_PYTHON_TAG)
-    if not tag:
-        return None
-    calls = _calls_in(_LLAMA_END.sub("", tail), names, strict=False)
-    return (head.strip(), calls) if calls else None
 
 
 _FENCE = re.compile(r"```(?:json)?[ \t]*\n?(?P<body>.*?)\n?[ \t]*```", re.DOTALL | re.IGNORECASE)

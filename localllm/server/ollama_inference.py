@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import LocalLLMError, UnsupportedInput
 from ..llm.embedding import embed
-from ..llm.generation import Outcome, generate, load_only
+from ..llm.generation import Outcome, ToolCalls, generate, load_only
 from ..llm.grammar import grammar_for
 from ..llm.options import parse_keep_alive, parse_options
 from ..llm.prompts import chat_tokens, generate_tokens
@@ -23,7 +23,7 @@ from ..llm.scheduler import ModelFacts, Scheduler
 from ..names import ModelName
 from ..store.describe import details
 from .images_api import generate_image, image_model
-from .schemas import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest
+from .schemas import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, template_messages
 from .streaming import ClientGone, ClosingStreamingResponse, first_event, ndjson, until_disconnected
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,12 @@ def _keep_alive(value: Any) -> float | None:
 
 
 async def _respond(
-    request: Request, events: AsyncIterator[Piece | Outcome], chunk: Any, final: Any, stream: bool
+    request: Request, events: AsyncIterator[Piece | ToolCalls | Outcome], chunk: Any, final: Any, stream: bool
 ) -> Response:
     """Stream NDJSON chunks, or gather one object; errors before the first piece keep their status.
 
-    ``chunk(text)`` shapes a piece, ``final(outcome, text)`` the last object.
+    ``chunk(text, calls)`` shapes a piece of text or a list of finished tool calls, ``final(outcome, text)``
+    the last object (``text`` None when streamed: the text and the calls went out already).
     """
     try:  # template, context and loading errors surface here, as 4xx/5xx
         first = await first_event(request, events)
@@ -62,10 +63,15 @@ async def _respond(
 
     if stream:
         async def lines() -> AsyncIterator[dict[str, Any]]:
-            item: Piece | Outcome | None = first
+            item: Piece | ToolCalls | Outcome | None = first
             try:
                 while item is not None:
-                    yield final(item, None) if isinstance(item, Outcome) else chunk(item.text)
+                    if isinstance(item, Outcome):
+                        yield final(item, None)
+                    elif isinstance(item, ToolCalls):
+                        yield chunk("", item.calls)
+                    else:
+                        yield chunk(item.text)
                     item = await anext(events, None)
             except LocalLLMError as exc:  # after the status line went out: an error line, as Ollama
                 yield {"error": exc.message}
@@ -79,10 +85,11 @@ async def _respond(
 
     async def gather() -> dict[str, Any]:
         pieces: list[str] = []
-        item: Piece | Outcome | None = first
+        item: Piece | ToolCalls | Outcome | None = first
         try:
             while not isinstance(item, Outcome):
-                pieces.append(item.text)  # type: ignore[union-attr]
+                if isinstance(item, Piece):
+                    pieces.append(item.text)
                 item = await anext(events)
         finally:
             await events.aclose()
@@ -127,7 +134,7 @@ async def generate_route(body: GenerateRequest, request: Request) -> Response:
         _scheduler(request), facts, options=options, keep_alive=keep_alive, build_prompt=build, format=body.format
     )
 
-    def chunk(text: str) -> dict[str, Any]:
+    def chunk(text: str, _calls: None = None) -> dict[str, Any]:
         return {"model": model, "created_at": now(), "response": text, "done": False}
 
     def final(outcome: Outcome, text: str | None) -> dict[str, Any]:
@@ -159,7 +166,7 @@ async def chat_route(body: ChatRequest, request: Request) -> Response:
              "done": True, "done_reason": reason, **({"load_duration": load_ns} if load_ns else {})}
         )
 
-    messages = [m.for_template() for m in body.messages]
+    messages = template_messages(body.messages)
 
     def build(runner):
         return chat_tokens(facts, runner, messages, body.tools)
@@ -169,12 +176,15 @@ async def chat_route(body: ChatRequest, request: Request) -> Response:
         format=body.format, tools=body.tools,
     )
 
-    def chunk(text: str) -> dict[str, Any]:
-        return {"model": model, "created_at": now(), "message": {"role": "assistant", "content": text}, "done": False}
+    def chunk(text: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = calls
+        return {"model": model, "created_at": now(), "message": message, "done": False}
 
     def final(outcome: Outcome, text: str | None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text or ""}
-        if outcome.tool_calls:
+        if outcome.tool_calls and text is not None:  # streamed: each call went out as it was complete
             message["tool_calls"] = outcome.tool_calls
         return {"model": model, "created_at": now(), "message": message, "done": True,
                 "done_reason": outcome.reason, **outcome.timings()}
@@ -213,27 +223,26 @@ async def embeddings_route(body: EmbeddingsRequest, request: Request) -> dict[st
 # --- /api/ps -----------------------------------------------------------------
 @router.get("/api/ps")
 async def ps_route(request: Request) -> dict[str, Any]:
+    """One entry per model, as Ollama shows: a model's instances (its embedding instance beside its chat
+    instance, say) are merged, their sizes summed, with the latest expiry and the largest context."""
     store = request.app.state.store
-    models = []
+    merged: dict[str, dict[str, Any]] = {}  # in order: the most recently used model first
+
+    def add(entry: Any, size: int, expires: datetime, context_length: int) -> None:
+        name = entry.name.display
+        model = merged.setdefault(name, {
+            "name": name, "model": name, "size": 0, "digest": entry.digest.split(":", 1)[1],
+            "details": details(store, entry), "expires_at": expires, "size_vram": 0, "context_length": 0,
+        })
+        model["size"] += size
+        model["expires_at"] = max(model["expires_at"], expires)
+        model["context_length"] = max(model["context_length"], context_length)
+
     for loaded in _scheduler(request).running():
         entry = loaded.facts.entry
-        models.append({
-            "name": entry.name.display,
-            "model": entry.name.display,
-            "size": loaded.memory or entry.manifest.total_size,
-            "digest": entry.digest.split(":", 1)[1],
-            "details": details(store, entry),
-            "expires_at": loaded.expires_wallclock().isoformat().replace("+00:00", "Z"),
-            "size_vram": 0,
-            "context_length": loaded.runner.n_ctx,
-        })
+        add(entry, loaded.memory or entry.manifest.total_size, loaded.expires_wallclock(), loaded.runner.n_ctx)
     for worker in request.app.state.images.running():  # image workers, in the same budget
-        entry = worker.model.entry
-        models.append({
-            "name": entry.name.display, "model": entry.name.display, "size": worker.memory,
-            "digest": entry.digest.split(":", 1)[1], "details": details(store, entry),
-            "expires_at": worker.expires_wallclock().isoformat().replace("+00:00", "Z"), "size_vram": 0,
-            "context_length": 0,
-        })
-    return {"models": models}
-
+        add(worker.model.entry, worker.memory, worker.expires_wallclock(), 0)
+    for model in merged.values():
+        model["expires_at"] = model["expires_at"].isoformat().replace("+00:00", "Z")
+    return {"models": list(merged.values())}

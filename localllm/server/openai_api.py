@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..errors import ContextLengthExceeded, InvalidRequest, LocalLLMError
 from ..llm.embedding import embed
-from ..llm.generation import Outcome, generate
+from ..llm.generation import Outcome, ToolCalls, generate
 from ..llm.options import Options, parse_keep_alive, parse_options
 from ..llm.prompts import chat_tokens, generate_tokens, to_tokens
 from ..llm.runner import LlamaRunner, Piece, TokenLogprob
@@ -45,7 +45,7 @@ from .streaming import ClientGone, ClosingStreamingResponse, first_event, until_
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
 FINGERPRINT = f"fp_localllm_{__version__}"
-Events = AsyncIterator[tuple[int, Piece | Outcome]]
+Events = AsyncIterator[tuple[int, Piece | ToolCalls | Outcome]]
 
 
 def _scheduler(request: Request) -> Scheduler:
@@ -78,7 +78,9 @@ def _finish_reason(outcome: Outcome) -> str:
     return "length" if outcome.reason == "length" else "stop"
 
 
-async def _choices(count: int, start: Callable[[int], AsyncIterator[Piece | Outcome]], *, together: bool) -> Events:
+async def _choices(
+    count: int, start: Callable[[int], AsyncIterator[Piece | ToolCalls | Outcome]], *, together: bool
+) -> Events:
     """``n`` choices, each event tagged with its index: side by side (the engine batches them), or one after
     another when ``together`` is false. A seeded request takes the latter: what else shares a batch changes
     the logits' last bits, and a seed promises the same answers."""
@@ -88,7 +90,7 @@ async def _choices(count: int, start: Callable[[int], AsyncIterator[Piece | Outc
                 async for item in events:
                     yield index, item
         return
-    queue: asyncio.Queue[tuple[int, Piece | Outcome | BaseException | None]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, Piece | ToolCalls | Outcome | BaseException | None]] = asyncio.Queue()
 
     async def pump(index: int) -> None:
         try:
@@ -176,7 +178,7 @@ async def _gather(events: Events) -> list[_Choice]:
             if isinstance(item, Piece):
                 texts.setdefault(index, []).append(item.text)
                 logprobs.setdefault(index, []).extend(item.logprobs or [])
-            else:
+            elif isinstance(item, Outcome):  # it holds the tool calls too
                 choices.append(_Choice(index, "".join(texts.get(index, [])), logprobs.get(index, []), item))
     return sorted(choices, key=lambda choice: choice.index)
 
@@ -237,7 +239,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             exc.param = exc.param or ("tools" if "tools" in exc.message else "messages")
             raise
 
-    def start(index: int) -> AsyncIterator[Piece | Outcome]:
+    def start(index: int) -> AsyncIterator[Piece | ToolCalls | Outcome]:
         return generate(
             _scheduler(request), facts, options=with_seed(options, index), keep_alive=_keep_alive(body.keep_alive),
             build_prompt=build, grammar=grammar, tools=plan.tools, calls_are_json=plan.forced,
@@ -262,19 +264,20 @@ class _ChatReply:
                      "system_fingerprint": FINGERPRINT}
 
     @staticmethod
-    def tool_calls(outcome: Outcome) -> list[dict[str, Any]]:
+    def tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """OpenAI's shape: arguments as a JSON string; the id the native API would give too."""
         return [
-            {"id": f"call_{secrets.token_hex(12)}", "type": "function",
+            {"id": call["id"], "type": "function",
              "function": {"name": call["function"]["name"],
                           "arguments": json.dumps(call["function"].get("arguments") or {})}}
-            for call in outcome.tool_calls
+            for call in calls
         ]
 
     async def whole(self, events: Events) -> dict[str, Any]:
         choices, counter = [], _Counter()
         for choice in await _gather(events):
             counter.add(0, choice.outcome)
-            calls = self.tool_calls(choice.outcome)
+            calls = self.tool_calls(choice.outcome.tool_calls)
             content = choice.text if choice.text or not calls else None  # null beside tool calls, as OpenAI
             message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
             if calls:
@@ -306,12 +309,15 @@ class _ChatReply:
                     if self.with_logprobs:
                         logprobs = {"content": [_chat_logprob(lp) for lp in item.logprobs or []], "refusal": None}
                     yield chunk(index, {"content": item.text}, logprobs=logprobs)
-                    continue
-                counter.add(0, item)
-                calls = self.tool_calls(item)
-                if calls:
-                    yield chunk(index, {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
-                yield chunk(index, {}, _finish_reason(item))
+                elif isinstance(item, ToolCalls):  # as soon as each call is complete
+                    calls = self.tool_calls(item.calls)
+                    yield chunk(index, {"tool_calls": [
+                        {"index": call["function"]["index"], **shaped}
+                        for call, shaped in zip(item.calls, calls, strict=True)
+                    ]})
+                else:
+                    counter.add(0, item)
+                    yield chunk(index, {}, _finish_reason(item))
         if include_usage:
             yield {**self.head, "object": "chat.completion.chunk", "choices": [], "usage": counter.usage()}
 
@@ -350,7 +356,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
         return build
 
-    def start(index: int) -> AsyncIterator[Piece | Outcome]:
+    def start(index: int) -> AsyncIterator[Piece | ToolCalls | Outcome]:
         prompt_index, choice = divmod(index, body.n)
         return generate(
             _scheduler(request), facts, options=with_seed(options, choice), keep_alive=_keep_alive(body.keep_alive),

@@ -80,11 +80,13 @@ class ToolCallFunction(BaseModel):
 
     name: str
     arguments: dict[str, Any] | str = Field(default_factory=dict)
+    index: int | None = None
 
 
 class ToolCall(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+    id: str | None = None
     function: ToolCallFunction
 
 
@@ -96,14 +98,30 @@ class Message(BaseModel):
     images: list[str] | None = None
     tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None
+    tool_call_id: str | None = None  # a tool result may name the call it answers
 
     def for_template(self) -> dict[str, Any]:
         data: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.tool_calls:
-            data["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+            data["tool_calls"] = [call.model_dump(exclude_none=True) for call in self.tool_calls]
         if self.tool_name:
             data["tool_name"] = data["name"] = self.tool_name
+        if self.tool_call_id:
+            data["tool_call_id"] = self.tool_call_id
         return data
+
+
+def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """The conversation for the template; a tool result that names only its call's id gets the tool's name."""
+    names: dict[str, str] = {}
+    result = []
+    for message in messages:
+        data = message.for_template()
+        names.update({call.id: call.function.name for call in message.tool_calls or [] if call.id})
+        if message.role == "tool" and not message.tool_name and message.tool_call_id in names:
+            data["tool_name"] = data["name"] = names[message.tool_call_id]
+        result.append(data)
+    return result
 
 
 class GenerateRequest(_Named):
