@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         default="",
         description="Extra CORS origins allowed besides local ones, comma-separated ('*' for any).",
     )
+    default_model: str = Field(
+        default="smollm2:135m",
+        description="The model `localllm run` chats with when no model is named (the embedded instruct model).",
+    )
     keep_alive: str = Field(
         default="5m",
         description="How long a model stays loaded after a request: a duration ('5m', '1h'), seconds, or -1 for ever.",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set everything up, start the daemon, and stream an answer from the embedded default model (gemma3:270m).
+# Set everything up (the daemon and the CLI only), start the daemon, and stream an answer from the embedded
+# default model, smollm2:135m (an instruct model shipped on PyPI).
 # Uses LOCALLLM_HOME (default ~/.localllm) and LOCALLLM_HOST (default 127.0.0.1:11434); needs no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ if ! $localllm ls >/dev/null 2>&1; then
 fi
 
 set -x
-$localllm pull gemma3:270m
+$localllm pull smollm2:135m
 $localllm list
-$localllm run gemma3:270m "Why is the sky blue? Answer in two sentences." --verbose
+$localllm run smollm2:135m "Why is the sky blue?" --verbose
 set +x

@@ -186,3 +186,15 @@ def gemma_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def smollm2_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon per test module with the embedded default model, smollm2:135m, pulled (no Hub needed)."""
+    root = tmp_path_factory.mktemp("smollm2-daemon")
+    server = Daemon(root / "home", "http://127.0.0.1:9", {"HF_HOME": str(root / "hf")}).start()
+    try:
+        assert pull_events(server, "smollm2:135m")[-1] == {"status": "success"}
+        yield server
+    finally:
+        server.stop()

@@ -147,6 +147,42 @@ def test_mistral() -> None:
     assert template.render(CONVERSATION) == "<s>[INST] Be brief.\n\nhi [/INST] hello</s>[INST] how are you? [/INST]"
 
 
+def test_smollm2_is_chatml_with_its_default_system_prompt() -> None:
+    template = catalog("smollm2")
+    assert template.render(CONVERSATION[1:2]) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert template.render(CONVERSATION, add_generation_prompt=False) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+        "<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nhow are you?<|im_end|>\n"
+    )
+
+
+def test_smollm2_shows_tools_calls_and_results_as_hermes_does() -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris and Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+        ]},
+        {"role": "tool", "content": "sunny"},
+        {"role": "tool", "content": "rain"},
+    ]
+    text = catalog("smollm2").render(messages, tools=[tool])
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert '<tools>\n{"name": "get_weather", "parameters": {"type": "object"}}\n</tools>' in text
+    assert text.endswith(
+        "<|im_start|>user\nWeather in Paris and Oslo?<|im_end|>\n<|im_start|>assistant\n"
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>\n'
+        "<|im_start|>user\n<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrain\n</tool_response>"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert catalog("smollm2").supports_tools and catalog("smollm2").supports_system
+
+
 @pytest.mark.parametrize(
     ("source", "stops"),
     [

@@ -15,7 +15,9 @@ from rich.table import Table
 
 from .. import __version__
 from ..client import Client
+from ..config import get_settings
 from ..errors import LocalLLMError
+from ..names import ModelName
 from .create import create as create_model
 from .progress import show_pull
 from .render import print_model_info
@@ -143,8 +145,23 @@ def cmd_show(args: argparse.Namespace) -> None:
     print_model_info(info, out)
 
 
+def _model_and_prompt(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """``run`` without a model name (``localllm run``, ``localllm run "Why is the sky blue?"``) uses the
+    configured default model; a first word that cannot be a model name is the prompt's first word."""
+    words = list(args.prompt)
+    if args.model is not None:
+        try:
+            ModelName.parse(args.model)
+        except LocalLLMError:
+            words.insert(0, args.model)
+        else:
+            return args.model, words
+    return get_settings().default_model, words
+
+
 def cmd_run(args: argparse.Namespace) -> None:
-    prompt = " ".join(args.prompt)
+    args.model, words = _model_and_prompt(args)
+    prompt = " ".join(words)
     piped = not sys.stdin.isatty()
     if piped:
         stdin_text = sys.stdin.read()
@@ -265,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show)
 
     run = commands.add_parser("run", help="Run a model: answer a prompt, or chat with it")
-    run.add_argument("model")
+    run.add_argument("model", nargs="?", help="the model (default: LOCALLLM_DEFAULT_MODEL, smollm2:135m)")
     run.add_argument("prompt", nargs="*", help="Answer this and exit (without it: an interactive chat)")
     run.add_argument("--verbose", action="store_true", help="Show timings and token rates after each answer")
     run.add_argument("--format", choices=["json"], help="Answer in JSON")

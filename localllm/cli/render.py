@@ -30,6 +30,8 @@ class WordWrap:
     def write(self, text: str) -> None:
         if self.width is None:
             self._out(text)
+            if text:  # finish() still ends the line
+                self.column = 0 if text.endswith("\n") else self.column + len(text)
         else:
             for char in text:
                 self._wrap_char(char)

