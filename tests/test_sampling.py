@@ -4,6 +4,7 @@ sampler chain picks from the same logits, token after token (the chain's penalty
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 
 import llama_cpp
 import numpy as np
@@ -123,3 +124,76 @@ def test_the_k_largest_are_found_in_any_row() -> None:
                 np.arange(N_VOCAB, dtype=np.float32)):
         got = np.sort(row[_largest(row, 40)])
         assert np.array_equal(got, np.sort(row)[-40:])
+
+
+def _token(vocab: object, text: str) -> int:
+    ids = (llama_cpp.llama_token * 4)()
+    assert llama_cpp.llama_tokenize(vocab, text.encode(), len(text.encode()), ids, 4, False, True) == 1
+    return ids[0]
+
+
+@pytest.mark.parametrize("sampling", [Sampling(temperature=0.9, top_k=40, seed=3),
+                                      Sampling(temperature=1.0, top_k=40, top_p=1.0, min_p=0.05, seed=4)],
+                         ids=["top-p", "min-p"])
+def test_where_few_tokens_are_allowed_the_choice_needs_no_check_of_the_whole_vocabulary(
+        gemma_vocab, sampling, monkeypatch) -> None:
+    """Rows shaped like a model's (a few strong favourites over a flat rest): at JSON's punctuation fewer
+    than k tokens are allowed, yet top-p or min-p settles the draw from the best of them. The picks are
+    the whole chain's, and most steps check far less than the 262k tokens. Each document ends, as in the
+    engine, at an end-of-generation token."""
+    from localllm.llm import sampling as module
+    from localllm.llm.grammar import JSON_GBNF
+
+    checked: list[int] = []
+    real = module._grammar_logits
+    monkeypatch.setattr(module, "_grammar_logits",
+                        lambda grammar, ids, row: (checked.append(len(ids)), real(grammar, ids, row))[1])
+    n_vocab = llama_cpp.llama_vocab_n_tokens(gemma_vocab)
+    texts = ('{', '"', ' "', ':', ',', '}', '1', 'a', ' the', '\n', '<end_of_turn>')
+    favourites = [_token(gemma_vocab, text) for text in texts]
+    rng = np.random.default_rng(9)
+    picked: list[int] = []
+    for document in range(4):
+        request = CompletionRequest(prompt_tokens=[2], sampling=replace(sampling, seed=sampling.seed + document),
+                                    grammar=JSON_GBNF)
+        fast = TokenSampler(request, vocab=gemma_vocab, n_vocab=n_vocab, n_ctx=512)
+        reference = _full_chain(request, gemma_vocab, n_vocab, 512, sampling.seed + document)
+        try:
+            for _ in range(30):
+                row = rng.standard_normal(n_vocab).astype(np.float32)
+                row[favourites] += rng.uniform(10, 24, len(favourites)).astype(np.float32)
+                token = fast.choose(row)
+                assert token == full_chain_choice(reference, row)
+                picked.append(token)
+                if llama_cpp.llama_vocab_is_eog(gemma_vocab, token):
+                    break
+        finally:
+            fast.close()
+            llama_cpp.llama_sampler_free(reference)
+    full_checks = sum(size == n_vocab for size in checked)
+    assert full_checks * 4 < len(picked), f"{full_checks} of {len(picked)} steps checked the whole vocabulary"
+    assert len(set(picked)) > 3
+
+
+def test_control_tokens_are_never_chosen_under_a_grammar(gemma_vocab) -> None:
+    """llama.cpp's grammar reads <start_of_turn> as the text "<start_of_turn>", which a JSON string may
+    hold; the sampler does not pick it, nor Gemma's <unusedN> tokens, however likely they are."""
+    from localllm.llm.grammar import JSON_GBNF
+    from localllm.llm.sampling import control_mask
+
+    n_vocab = llama_cpp.llama_vocab_n_tokens(gemma_vocab)
+    mask = control_mask(gemma_vocab, n_vocab)
+    start_of_turn, end_of_turn = _token(gemma_vocab, "<start_of_turn>"), _token(gemma_vocab, "<end_of_turn>")
+    assert mask[start_of_turn] and not mask[end_of_turn]  # end of turn ends generation: the grammar decides it
+    assert control_mask(gemma_vocab, n_vocab) is mask  # kept for the vocabulary
+    for sampling in (Sampling(temperature=0), Sampling(temperature=0.9, top_k=40, seed=1)):
+        fast = TokenSampler(CompletionRequest(prompt_tokens=[2], sampling=sampling, grammar=JSON_GBNF),
+                            vocab=gemma_vocab, n_vocab=n_vocab, n_ctx=512)
+        try:
+            for text in ('{', '"', 'a'):  # into a string
+                row = np.zeros(n_vocab, dtype=np.float32)
+                row[np.flatnonzero(mask)] = 50.0
+                row[_token(gemma_vocab, text)] = 10.0
+                assert not mask[fast.choose(row)]
+        finally:
+            fast.close()

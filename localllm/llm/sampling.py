@@ -13,13 +13,21 @@ and its order (bias, then penalties), so the answers are the ones the full chain
 A grammar (JSON mode, a schema) checked against all 262k tokens costs ~30 ms per token, twice a decode
 step, and the whole batch waits for it. Here it checks the best tokens first, in windows that widen
 until k of them are allowed: the k best allowed tokens are the ones the full chain's grammar-then-top-k
-keeps, and usually a few dozen checks find them. Mirostat, or sampling without top-k, need the whole
+keeps, and usually a few dozen checks find them. Where the grammar allows fewer than k tokens in all
+(JSON's punctuation, numbers, ``true``), top-p and min-p usually settle the choice without the rest of the
+vocabulary: see ``_outside_cannot_matter``. Mirostat, or sampling without top-k, need the whole
 vocabulary and keep llama.cpp's full chain.
+
+Under a grammar, control tokens that do not end the generation (``<start_of_turn>``, ``<|im_start|>``,
+Gemma's thousands of ``<unusedN>``) are never chosen: llama.cpp's grammar reads their names as text, so
+one could sit inside a JSON string, yet they are not text, and read back in a later prompt they would
+turn into the control token again.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import random
 from collections import Counter, deque
 
@@ -30,6 +38,10 @@ from ..errors import InvalidRequest, LocalLLMError
 from .requests import CompletionRequest, Sampling
 
 __all__ = ["TokenSampler"]
+
+# Slack for float32 rounding in llama.cpp's top-p and min-p when deciding that tokens never checked by the
+# grammar cannot change the choice (relative for top-p's running sum, in logits for min-p).
+_CUT_MARGIN = 1e-3
 
 
 class TokenSampler:
@@ -64,6 +76,7 @@ class TokenSampler:
             if not self._grammar:
                 self.close()
                 raise InvalidRequest("the output grammar could not be compiled", param="response_format")
+            self._control = control_mask(vocab, n_vocab)
 
     def close(self) -> None:
         for sampler in (self._chain, self._grammar):
@@ -98,18 +111,53 @@ class TokenSampler:
 
         The grammar checks ever wider windows of the best tokens: once a window holds k allowed ones,
         no token outside it can beat them. Where the grammar allows fewer (say, only "{" may open a JSON
-        object), it checks the whole vocabulary once."""
+        object), it checks the whole vocabulary once, unless the tokens outside the window cannot change
+        the choice anyway; fewer than k are returned then."""
         width = max(32, 4 * k)
+        weights = None  # exp(logit - max logit) of every token, once needed
         while True:
             window = _largest(logits, width) if width < self.n_vocab else np.arange(self.n_vocab)
             allowed = window[np.isfinite(_grammar_logits(self._grammar, window, logits))]
+            allowed = allowed[~self._control[allowed]]
             if len(allowed) >= k or width >= self.n_vocab:
                 break
+            if len(allowed) and self._may_settle_early():
+                if weights is None:
+                    weights = np.exp(logits.astype(np.float64) - float(logits.max()))
+                if self._outside_cannot_matter(logits, window, allowed, weights):
+                    break
             width = width * 8 if width * 8 < self.n_vocab // 4 else self.n_vocab
         if not len(allowed):
             raise LocalLLMError("the output grammar allows no token here (is every allowed token banned by "
                                 "logit_bias?)")
         return allowed[np.lexsort((allowed, -logits[allowed]))][:k]
+
+    def _may_settle_early(self) -> bool:
+        """Top-k sampling with top-p or min-p, and no typical-p (which weighs the whole distribution)."""
+        s = self._sampling
+        return self.mode == "top_k" and s.typical_p >= 1.0 and (s.top_p < 1.0 or s.min_p > 0)
+
+    def _outside_cannot_matter(self, logits: np.ndarray, window: np.ndarray, allowed: np.ndarray,
+                               weights: np.ndarray) -> bool:
+        """Whether the tokens outside the window, whichever the grammar allows, cannot change a top-k draw
+        from ``allowed`` (the allowed tokens of the window, fewer than k).
+
+        Their logits are known, only not which of them the grammar allows, so together they weigh at most
+        their whole softmax mass. llama.cpp's top-p keeps the shortest run of best tokens whose share
+        reaches p: if that run ends at the same allowed token whether the outside weighs nothing or all of
+        that mass, the outside is cut whatever the grammar says. With top-p off, min-p cuts every token
+        whose logit is below the best's plus log(min_p). Either way the survivors, and so the draw
+        (temperature and the seeded choice see only them), are those of the whole chain."""
+        s = self._sampling
+        values = np.sort(logits[allowed].astype(np.float64))[::-1]
+        if s.top_p >= 1.0:
+            return float(logits[window].min()) < values[0] + math.log(s.min_p) - _CUT_MARGIN
+        scale = math.exp(float(logits.max()) - values[0])  # from weights (relative to the max) to the best allowed
+        outside = max(0.0, float(weights.sum() - weights[window].sum())) * scale
+        running = np.cumsum(np.exp(values - values[0]))
+        total = running[-1]
+        last = int(np.searchsorted(running, s.top_p * (total + outside) * (1 + _CUT_MARGIN)))
+        return last < len(values) and (last == 0 or running[last - 1] < s.top_p * total * (1 - _CUT_MARGIN))
 
     def _adjusted(self, logits: np.ndarray) -> np.ndarray:
         """The row with logit bias and repetition penalties applied (a copy only when something changes)."""
@@ -162,6 +210,33 @@ def _largest(logits: np.ndarray, k: int) -> np.ndarray:
     return ids
 
 
+_CONTROL_MASKS: dict[tuple[int, int], tuple[tuple[bytes, ...], np.ndarray]] = {}
+
+
+def control_mask(vocab: object, n_vocab: int) -> np.ndarray:
+    """Which tokens are control tokens that do not end generation (the ones a grammar must not pick).
+
+    Asking llama.cpp about all of Gemma's 262k tokens takes ~0.15 s, so the answer is kept per vocabulary
+    (its address, checked against a few of its tokens' texts in case another model's took its place)."""
+    key = (int(vocab or 0), n_vocab)
+    fingerprint = tuple(_token_text(vocab, token) for token in range(0, n_vocab, max(1, n_vocab // 16)))
+    cached = _CONTROL_MASKS.get(key)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    mask = np.fromiter(
+        (llama_cpp.llama_vocab_is_control(vocab, token) and not llama_cpp.llama_vocab_is_eog(vocab, token)
+         for token in range(n_vocab)), dtype=bool, count=n_vocab)
+    if len(_CONTROL_MASKS) >= 8:
+        _CONTROL_MASKS.clear()
+    _CONTROL_MASKS[key] = (fingerprint, mask)
+    return mask
+
+
+def _token_text(vocab: object, token: int) -> bytes:
+    text = llama_cpp.llama_vocab_get_text(vocab, token)
+    return text or b""
+
+
 def _grammar_sampler(grammar: str, vocab: object) -> object:
     """llama.cpp's grammar sampler for a GBNF text (a NULL pointer if it does not compile)."""
     return llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
@@ -204,12 +279,14 @@ def _full_chain(request: CompletionRequest, vocab: object, n_vocab: int, n_ctx: 
     def add(sampler: object) -> None:
         llama_cpp.llama_sampler_chain_add(chain, sampler)
 
-    if request.logit_bias:
-        biases = (llama_cpp.llama_logit_bias * len(request.logit_bias))(*[
-            llama_cpp.llama_logit_bias(token, float("-inf") if bias <= -100 else bias)
-            for token, bias in request.logit_bias.items()
+    bias = {token: float("-inf") if value <= -100 else value for token, value in request.logit_bias.items()}
+    if request.grammar:  # as the fast path: control tokens are not text (see the module's docstring)
+        bias.update(dict.fromkeys(np.flatnonzero(control_mask(vocab, n_vocab)).tolist(), float("-inf")))
+    if bias:
+        biases = (llama_cpp.llama_logit_bias * len(bias))(*[
+            llama_cpp.llama_logit_bias(token, value) for token, value in bias.items()
         ])
-        add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(request.logit_bias), biases))
+        add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(bias), biases))
     if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
         last_n = s.repeat_last_n if s.repeat_last_n >= 0 else n_ctx
         add(llama_cpp.llama_sampler_init_penalties(n_vocab, last_n, s.repeat_penalty, s.frequency_penalty,
