@@ -17,7 +17,6 @@ from .. import __version__
 from ..client import Client
 from ..config import get_settings
 from ..errors import LocalLLMError
-from ..names import ModelName
 from .create import create as create_model
 from .progress import show_pull
 from .render import print_model_info
@@ -147,16 +146,14 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def _model_and_prompt(args: argparse.Namespace) -> tuple[str, list[str]]:
     """``run`` without a model name (``localllm run``, ``localllm run "Why is the sky blue?"``) uses the
-    configured default model; a first word that cannot be a model name is the prompt's first word."""
+    configured default model. Only a quoted phrase (a first argument with spaces) is taken for the prompt:
+    any other first word is a model name, so a mistyped one is an error, never a chat with another model."""
     words = list(args.prompt)
-    if args.model is not None:
-        try:
-            ModelName.parse(args.model)
-        except LocalLLMError:
-            words.insert(0, args.model)
-        else:
-            return args.model, words
-    return get_settings().default_model, words
+    if args.model is None:
+        return get_settings().default_model, words
+    if any(char.isspace() for char in args.model.strip()):
+        return get_settings().default_model, [args.model, *words]
+    return args.model, words
 
 
 def cmd_run(args: argparse.Namespace) -> None:
