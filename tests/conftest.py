@@ -176,25 +176,24 @@ def tags(daemon: Daemon) -> dict[str, dict]:
         return {m["name"]: m for m in client.get("/api/tags").json()["models"]}
 
 
-@pytest.fixture(scope="module")
-def gemma_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One daemon per test module with the embedded gemma3:270m pulled (no Hub needed)."""
-    root = tmp_path_factory.mktemp("gemma-daemon")
+def _daemon_with(tmp_path_factory: pytest.TempPathFactory, model: str) -> Iterator[Daemon]:
+    """A daemon with an embedded model pulled (no Hub needed), for a whole test module."""
+    root = tmp_path_factory.mktemp(model.replace(":", "-") + "-daemon")
     server = Daemon(root / "home", "http://127.0.0.1:9", {"HF_HOME": str(root / "hf")}).start()
     try:
-        assert pull_events(server, "gemma3:270m")[-1] == {"status": "success"}
+        assert pull_events(server, model)[-1] == {"status": "success"}
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def gemma_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon per test module with the embedded gemma3:270m pulled."""
+    yield from _daemon_with(tmp_path_factory, "gemma3:270m")
 
 
 @pytest.fixture(scope="module")
 def smollm2_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One daemon per test module with the embedded default model, smollm2:135m, pulled (no Hub needed)."""
-    root = tmp_path_factory.mktemp("smollm2-daemon")
-    server = Daemon(root / "home", "http://127.0.0.1:9", {"HF_HOME": str(root / "hf")}).start()
-    try:
-        assert pull_events(server, "smollm2:135m")[-1] == {"status": "success"}
-        yield server
-    finally:
-        server.stop()
+    """One daemon per test module with the embedded default model, smollm2:135m, pulled."""
+    yield from _daemon_with(tmp_path_factory, "smollm2:135m")
