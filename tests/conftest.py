@@ -176,7 +176,7 @@ def tags(daemon: Daemon) -> dict[str, dict]:
         return {m["name"]: m for m in client.get("/api/tags").json()["models"]}
 
 
-def _daemon_with(tmp_path_factory: pytest.TempPathFactory, model: str) -> Iterator[Daemon]:
+def daemon_with(tmp_path_factory: pytest.TempPathFactory, model: str) -> Iterator[Daemon]:
     """A daemon with an embedded model pulled (no Hub needed), for a whole test module."""
     root = tmp_path_factory.mktemp(model.replace(":", "-") + "-daemon")
     server = Daemon(root / "home", "http://127.0.0.1:9", {"HF_HOME": str(root / "hf")}).start()
@@ -190,10 +190,10 @@ def _daemon_with(tmp_path_factory: pytest.TempPathFactory, model: str) -> Iterat
 @pytest.fixture(scope="module")
 def gemma_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon per test module with the embedded gemma3:270m pulled."""
-    yield from _daemon_with(tmp_path_factory, "gemma3:270m")
+    yield from daemon_with(tmp_path_factory, "gemma3:270m")
 
 
 @pytest.fixture(scope="module")
 def smollm2_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon per test module with the embedded default model, smollm2:135m, pulled."""
-    yield from _daemon_with(tmp_path_factory, "smollm2:135m")
+    yield from daemon_with(tmp_path_factory, "smollm2:135m")

