@@ -2,8 +2,9 @@
 
 ``write_tiny_llama`` writes a complete llama-architecture model (random seeded F32 weights,
 a small SentencePiece-style vocabulary with byte fallback) that ``llama_cpp.Llama`` loads and
-runs; ``write_split_llama`` writes the same model split into ``-0000i-of-0000n.gguf`` parts the
-way llama.cpp's ``gguf-split`` does (all metadata in the first part, ``split.*`` keys in each).
+runs (``metadata`` replaces, adds or removes key/values, to write broken ones);
+``write_split_llama`` writes the same model split into ``-0000i-of-0000n.gguf`` parts the way
+llama.cpp's ``gguf-split`` does (all metadata in the first part, ``split.*`` keys in each).
 A model is about 0.5 MB with the defaults.
 """
 
@@ -15,7 +16,7 @@ import pathlib
 import gguf
 import numpy as np
 
-__all__ = ["TOKENS", "write_split_llama", "write_tiny_llama", "write_tiny_lora"]
+__all__ = ["TOKENS", "tokens", "write_split_llama", "write_tiny_llama", "write_tiny_lora"]
 
 _ARCH = "llama"
 _WORDS = (
@@ -48,6 +49,40 @@ TOKENS: int = len(_base_vocab())
 """Size of the built-in vocabulary (the smallest allowed ``n_vocab``)."""
 
 
+def tokens(n_vocab: int = TOKENS) -> list[str]:
+    """The token strings ``write_tiny_llama`` writes for ``n_vocab`` (to write a changed copy)."""
+    vocab = [text for text, _, _ in _base_vocab()]
+    return vocab + [f"<unused{i}>" for i in range(n_vocab - len(vocab))]
+
+
+def _gguf_value(value: object) -> gguf.gguf_writer.GGUFValue:
+    """A metadata value as the writer stores it: an int is a UINT32 (as llama.cpp reads counts), a list
+    an array (of INT32 for ints), or give ``(value, GGUFValueType)`` or ``(list, ARRAY, item type)``."""
+    value_type, sub_type = gguf.GGUFValueType, None
+    if isinstance(value, tuple):
+        value, kind, *rest = value
+        sub_type = rest[0] if rest else None
+    elif isinstance(value, bool):
+        kind = value_type.BOOL
+    elif isinstance(value, int):
+        kind = value_type.UINT32
+    elif isinstance(value, float):
+        kind = value_type.FLOAT32
+    elif isinstance(value, str):
+        kind = value_type.STRING
+    elif isinstance(value, list):
+        kind = value_type.ARRAY
+        if value and all(isinstance(item, str) for item in value):
+            sub_type = value_type.STRING
+        elif any(isinstance(item, float) for item in value):
+            sub_type = value_type.FLOAT32
+        else:
+            sub_type = value_type.INT32
+    else:
+        raise TypeError(f"no GGUF type for {value!r}")
+    return gguf.gguf_writer.GGUFValue(value=value, type=kind, sub_type=sub_type)
+
+
 def _build_writer(
     path: pathlib.Path,
     *,
@@ -62,6 +97,7 @@ def _build_writer(
     n_head: int,
     n_head_kv: int,
     n_ff: int,
+    metadata: dict[str, object] | None = None,
 ) -> gguf.GGUFWriter:
     """A GGUFWriter holding the whole model's metadata and tensors, not yet written."""
     vocab = _base_vocab()
@@ -123,6 +159,11 @@ def _build_writer(
         w.add_tensor(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff))
     w.add_tensor("output_norm.weight", ones(n_embd))
     w.add_tensor("output.weight", weight(n_vocab, n_embd))
+    for key, value in (metadata or {}).items():  # broken files on purpose: None removes a key
+        if value is None:
+            w.kv_data[0].pop(key, None)
+        else:
+            w.kv_data[0][key] = _gguf_value(value)
     return w
 
 
@@ -149,13 +190,16 @@ def write_tiny_llama(
     n_head: int = 4,
     n_head_kv: int = 2,
     n_ff: int = 128,
+    metadata: dict[str, object] | None = None,
 ) -> pathlib.Path:
     """Write a tiny llama model that llama.cpp can load and run; return its path.
 
     Weights are random F32 (``seed`` picks them, so different seeds give different bytes).
     ``file_type`` only sets the ``general.file_type`` label (e.g. ``gguf.LlamaFileType.MOSTLY_Q4_K_M``);
     the tensors stay F32. ``n_vocab`` above ``TOKENS`` pads the vocabulary with unused tokens.
-    About 0.5 MB with the defaults.
+    ``metadata`` is written over the model's own key/values once they are all set: ``{"llama.block_count":
+    1000}`` writes a model that claims 1000 blocks, a value of None removes the key (see ``_gguf_value``
+    for the types). About 0.5 MB with the defaults.
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +216,7 @@ def write_tiny_llama(
         n_head=n_head,
         n_head_kv=n_head_kv,
         n_ff=n_ff,
+        metadata=metadata,
     )
     _write(w)
     return path
@@ -197,6 +242,7 @@ def write_split_llama(
     defaults: dict[str, object] = {
         "name": "tiny-llama", "file_type": None, "context_length": 256, "seed": 0, "chat_template": None,
         "n_vocab": TOKENS, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_head_kv": 2, "n_ff": 128,
+        "metadata": None,
     }  # fmt: skip
     unknown = set(kw) - set(defaults)
     if unknown:

@@ -4,7 +4,10 @@ A new model is a new manifest: the base's layers, with the layers the request se
 parameters, messages, licenses, adapters) in place of the base's. Layers are content-addressed, so a
 model made from another shares its weights blob, and a text layer seen before is reused. Everything is
 checked before the manifest is written (blobs present and what they claim, template renders, parameters
-known), so a failed create leaves no model behind.
+known), so a failed create leaves no model behind. The weights are checked against what llama.cpp
+accepts (:func:`localllm.gguf_limits.check_hyperparameters`: a file llama.cpp would abort on is a 422
+here, not a dead runner later), and so is the chat template a GGUF carries when the model will use it
+(no TEMPLATE of its own).
 
 The daemon never opens a path a client names: local files reach it as uploaded blobs
 (``POST /api/blobs/sha256:...``), named in ``files``/``adapters`` or as ``FROM @sha256:...``.
@@ -21,6 +24,7 @@ from typing import Any
 
 from ..errors import BlobNotFound, InvalidModelFile, InvalidRequest
 from ..gguf_info import GGUFInfo, ModelSummary, read_gguf
+from ..gguf_limits import check_hyperparameters
 from ..llm.prompts import check_template
 from ..names import ModelName
 from ..store.blobs import parse_digest
@@ -126,6 +130,15 @@ class ModelCreator:
         if spec.model_from and not spec.files and _blob_reference(spec.model_from) is None:
             base_name = ModelName.parse(spec.model_from)
         base_here = base_name is not None and self.store.exists(base_name)
+        # the weights, and the chat template they carry, are checked here so a bad file is a 422 before
+        # any progress is streamed (a base still to be pulled is checked by the pull)
+        files = _model_files(spec)
+        if files:
+            parts = self._parts(files, check=True)
+            if not spec.template:  # an empty TEMPLATE falls back to the GGUF's, as none does
+                _check_embedded_template(parts[0][2], parts[0][0])
+        elif base_here:
+            self._check_base(base_name, spec)
         if spec.parameters:
             if base_here:
                 kinds = self.parameter_kinds(self.store.get(base_name).manifest.layers)
@@ -141,6 +154,8 @@ class ModelCreator:
         spec = prepared.spec
         emit({"status": "gathering model components"})
         base_layers, config = self._base(spec, prepared.pull, emit)
+        if prepared.pull is not None and not spec.template:  # a base pulled just now: its template
+            self._check_template_of(base_layers, spec.model_from or "the base model")
         layers = list(base_layers)
         for filename, digest in spec.adapters.items():
             layers.append(self._adapter_layer(filename, digest, base_layers))
@@ -171,7 +186,9 @@ class ModelCreator:
         config["parent_model"] = entry.name.display
         return list(entry.manifest.layers), config
 
-    def _from_files(self, files: dict[str, str]) -> tuple[list[Layer], dict[str, Any]]:
+    def _parts(self, files: dict[str, str], *, check: bool) -> list[tuple[str, str, GGUFInfo]]:
+        """The uploaded model files (filename, digest, header), in split order; ``check`` holds them to
+        llama.cpp's limits too (prepare() does, so create() need not read the tokenizer again)."""
         parts: list[tuple[str, str, GGUFInfo]] = []
         for filename, raw_digest in files.items():
             digest = parse_digest(raw_digest)
@@ -183,6 +200,36 @@ class ModelCreator:
             parts.append((filename, digest, info))
         parts.sort(key=lambda part: _split_index(part[0]))
         _check_split(parts)
+        if check:
+            _check_limits(parts[0][0] if len(parts) == 1 else "the split model", [info for _f, _d, info in parts])
+        return parts
+
+    def _check_base(self, base_name: ModelName, spec: CreateSpec) -> None:
+        """An existing model the new one starts from: its GGUF weights (a model stored before these checks
+        existed may not pass) and, when the new model will use it, the chat template inside them."""
+        entry = self.store.get(base_name)
+        model_layers = entry.manifest.layers_of(MediaType.MODEL)
+        if not model_layers:
+            return  # not a GGUF model (an image model, say)
+        parts = [self._gguf(layer.digest, base_name.display) for layer in model_layers]
+        _check_limits(base_name.display, parts)
+        if not spec.template:
+            self._check_template_of(list(entry.manifest.layers), base_name.display, parts[0])
+
+    def _check_template_of(self, layers: list[Layer], name: str, info: GGUFInfo | None = None) -> None:
+        """The GGUF's chat template, when the model's layers give none of their own (it is then the one used)."""
+        template = next((layer for layer in layers if layer.media_type == MediaType.TEMPLATE), None)
+        if template is not None and self.store.blobs.read_text(template.digest):
+            return
+        if info is None:
+            model = next((layer for layer in layers if layer.media_type == MediaType.MODEL), None)
+            if model is None:
+                return
+            info = self._gguf(model.digest, name)
+        _check_embedded_template(info, name)
+
+    def _from_files(self, files: dict[str, str]) -> tuple[list[Layer], dict[str, Any]]:
+        parts = self._parts(files, check=False)  # prepare() checked them
         layers = [
             Layer(mediaType=MediaType.MODEL, digest=digest, size=self.store.blobs.size(digest),
                   annotations={FILENAME_ANNOTATION: filename.rsplit("/", 1)[-1]})
@@ -250,6 +297,37 @@ class ModelCreator:
             new[MediaType.PARAMS] = [text_layer(json.dumps(merged, sort_keys=True).encode(), MediaType.PARAMS)]
         kept = [layer for layer in layers if layer.media_type not in new]
         return kept + [layer for group in new.values() for layer in group]
+
+
+def _model_files(spec: CreateSpec) -> dict[str, str]:
+    """The uploaded GGUF files the model is made of (``files``, or ``from: @sha256:...``), else {}."""
+    if spec.files:
+        return spec.files
+    digest = _blob_reference(spec.model_from) if spec.model_from else None
+    return {"model.gguf": digest} if digest is not None else {}
+
+
+def _check_limits(name: str, parts: list[GGUFInfo]) -> None:
+    """The model's hyperparameters against llama.cpp's limits; the first part holds the metadata."""
+    try:
+        check_hyperparameters(parts[0], [tensor for part in parts for tensor in part.tensors])
+    except InvalidModelFile as exc:
+        raise InvalidModelFile(f"{name} is not a usable model: {exc.message}") from exc
+
+
+def _check_embedded_template(info: GGUFInfo, name: str) -> None:
+    """A GGUF's own chat template (``tokenizer.chat_template``) is checked as a TEMPLATE is: a model whose
+    template cannot render a conversation would fail every chat, so the create is refused."""
+    source = info.chat_template
+    if not source:
+        return
+    try:
+        check_template(source)
+    except InvalidRequest as exc:
+        raise InvalidModelFile(
+            f"the chat template inside {name} (tokenizer.chat_template) does not work: {exc.message}; give the "
+            "model a TEMPLATE of its own to use instead"
+        ) from exc
 
 
 def _digest_of(data: bytes) -> str:

@@ -37,6 +37,7 @@ from .. import __version__
 from ..config import Settings
 from ..errors import InvalidModelFile, LocalLLMError, RegistryError, RemoteNotFound
 from ..gguf_info import ModelSummary, read_gguf
+from ..gguf_limits import check_hyperparameters
 from ..names import DEFAULT_HOST, DEFAULT_NAMESPACE, ModelName
 from . import bundled, catalog, image_pull
 from .blobs import parse_digest
@@ -254,8 +255,11 @@ class Puller:
             store.commit(plan.name, Manifest(config=config, layers=layers))
 
     def _summarize(self, plan: PullPlan) -> ModelSummary:
+        """Read the verified GGUF files and hold them to llama.cpp's limits (a file llama.cpp would abort
+        on is refused here, before the manifest is written, and pruned)."""
         try:
             parts = [read_gguf(self.store.blobs.path(f.digest)) for f in plan.files]
+            check_hyperparameters(parts[0], [tensor for part in parts for tensor in part.tensors])
         except InvalidModelFile as exc:
             raise InvalidModelFile(f"{plan.name.display} is not a usable model: {exc.message}") from exc
         return ModelSummary.from_parts(parts)
