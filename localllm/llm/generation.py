@@ -17,14 +17,10 @@ from typing import Any
 
 from .grammar import grammar_for
 from .options import Options
-from .prompts import stop_words
+from .protocol import PromptBuilt, PromptSpec
 from .requests import CompletionRequest, Finished, Piece, Sampling
-from .runner import LlamaRunner
 from .scheduler import ModelFacts, Scheduler
-from .templates import ChatTemplate
 from .tools import ToolCallStream
-
-BuildPrompt = Callable[[LlamaRunner], tuple[list[int], ChatTemplate | None]]
 
 
 @dataclass
@@ -106,19 +102,21 @@ async def generate(
     *,
     options: Options,
     keep_alive: float | None,
-    build_prompt: BuildPrompt,
+    prompt: PromptSpec,
     format: Any = None,
     grammar: str | None = None,
     tools: list[dict[str, Any]] | None = None,
     calls_are_json: bool = False,
     logit_bias: dict[int, float] | None = None,
     logprobs: int | None = None,
+    on_prompt: Callable[[PromptBuilt], None] | None = None,
 ) -> AsyncIterator[Piece | ToolCalls | Outcome]:
     """Yield text pieces and, with tools, :class:`ToolCalls` as each call is complete; then one
     :class:`Outcome`, which holds every call again (for answers that are not streamed).
 
     ``grammar`` (GBNF) takes the place of ``format``; ``calls_are_json`` says the grammar forced the
     whole output to be tool calls as JSON (OpenAI's ``tool_choice: required``), so it is read whole, at the end.
+    ``on_prompt`` hears when the runner has built the prompt (with its text, when ``prompt.echo`` asks).
     """
     started = time.perf_counter_ns()
     options = facts.params.merged(options)
@@ -144,12 +142,13 @@ async def generate(
         return result
 
     async with scheduler.lease(facts, options, keep_alive=keep_alive) as (runner, load_seconds):
-        tokens, template = build_prompt(runner)
         request = CompletionRequest(
-            prompt_tokens=tokens,
+            prompt_tokens=[],  # built by the runner, from ``prompt``
             sampling=sampling_of(options),
             num_predict=options.get("num_predict", -1),
-            stop=stop_words(options, template),
+            # a request's stop words replace the params layer's; with none, the runner stops at the template's
+            # end-of-turn markers (and llama.cpp at the vocabulary's end-of-generation tokens)
+            stop=list(options.stop or []),
             grammar=grammar,
             logit_bias=logit_bias or {},
             logprobs=logprobs,
@@ -157,9 +156,12 @@ async def generate(
         )
         pieces: list[Piece] = []
         finished: Finished | None = None
-        async with aclosing(runner.complete(request)) as events:
+        async with aclosing(runner.complete(prompt, request)) as events:
             async for event in events:
-                if not isinstance(event, Piece):
+                if isinstance(event, PromptBuilt):
+                    if on_prompt is not None:
+                        on_prompt(event)
+                elif isinstance(event, Finished):
                     finished = event
                 elif calls_stream is not None:
                     held_logprobs.extend(event.logprobs or [])
@@ -193,6 +195,6 @@ async def generate(
         eval_ns=finished.eval_ns,
         load_ns=int(load_seconds * 1e9),
         total_ns=time.perf_counter_ns() - started,
-        context=tokens + finished.output_tokens,
+        context=finished.context + finished.output_tokens,
         tool_calls=calls,
     )

@@ -1,51 +1,22 @@
-"""From a request to prompt tokens: which template, how messages render, which stop words.
+"""From a request to a :class:`~localllm.llm.protocol.PromptSpec`: which template, which messages.
 
-The template comes from the model's template layer if it has one, else from
-the GGUF's ``tokenizer.chat_template``, else a plain-text fallback (a base
-model continues the text). Jinja templates render in a sandbox as Hugging
-Face does; Ollama's Go templates as Ollama renders them.
+The template comes from the model's template layer if it has one, else from the GGUF's
+``tokenizer.chat_template``, else a plain-text fallback (a base model continues the text). The spec
+is rendered and tokenized in the model's runner process (``prompt_build``), not here.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
-from ..errors import UnsupportedInput
 from .go_chat import GoChatTemplate
-from .options import Options
-from .runner import LlamaRunner
+from .protocol import PromptSpec
 from .scheduler import ModelFacts
-from .templates import ChatTemplate, fallback_template, looks_like_go_template
+from .templates import ChatTemplate, looks_like_go_template
 
 
 def template_source(facts: ModelFacts) -> str | None:
     return facts.template or facts.info.chat_template
-
-
-def chat_template(
-    facts: ModelFacts, runner: LlamaRunner, override: str | None = None
-) -> ChatTemplate | GoChatTemplate:
-    source = override if override is not None else template_source(facts)
-    if not source:
-        return fallback_template()
-    return _compiled(source, runner.bos_text, runner.eos_text)
-
-
-@lru_cache(maxsize=32)
-def _compiled(source: str, bos_token: str, eos_token: str) -> ChatTemplate | GoChatTemplate:
-    """Ollama's Go templates and Hugging Face's Jinja ones; the dialect is told from the source."""
-    if looks_like_go_template(source):
-        return GoChatTemplate.compile(source)
-    return ChatTemplate.compile(source, bos_token=bos_token, eos_token=eos_token)
-
-
-def stop_words(options: Options, template: ChatTemplate | GoChatTemplate | None) -> list[str]:
-    """The stop words of the options (a request's replace the params layer's), else the template's
-    end-of-turn markers (llama.cpp also stops at the vocabulary's end-of-generation tokens)."""
-    if options.stop:
-        return list(options.stop)
-    return template.stop_words() if template is not None else []
 
 
 def with_defaults(facts: ModelFacts, messages: list[dict[str, Any]], system: str | None = None) -> list[dict[str, Any]]:
@@ -76,27 +47,13 @@ def check_template(source: str) -> None:
     template.render(_SAMPLE_CONVERSATION, add_generation_prompt=True)
 
 
-def to_tokens(runner: LlamaRunner, text: str) -> list[int]:
-    """Tokenize rendered text; a template that writes the BOS token itself is not given a second one."""
-    tokens = runner.tokenize(text, add_bos=False, special=True)
-    if runner.adds_bos and (not tokens or tokens[0] != runner.bos_token):
-        tokens.insert(0, runner.bos_token)
-    return tokens
+def chat_spec(facts: ModelFacts, messages: list[dict[str, Any]], tools: list[dict] | None) -> PromptSpec:
+    return PromptSpec("chat", facts.name.display, template=template_source(facts),
+                      messages=with_defaults(facts, messages), tools=tools or None)
 
 
-def chat_tokens(
-    facts: ModelFacts, runner: LlamaRunner, messages: list[dict[str, Any]], tools: list[dict] | None
-) -> tuple[list[int], ChatTemplate]:
-    template = chat_template(facts, runner)
-    if tools and not template.supports_tools:
-        raise UnsupportedInput(f"{facts.name.display} does not support tools")
-    text = template.render(with_defaults(facts, messages), tools=tools or None, add_generation_prompt=True)
-    return to_tokens(runner, text), template
-
-
-def generate_tokens(
+def generate_spec(
     facts: ModelFacts,
-    runner: LlamaRunner,
     *,
     prompt: str,
     system: str | None,
@@ -104,27 +61,13 @@ def generate_tokens(
     context: list[int] | None,
     raw: bool,
     suffix: str | None,
-) -> tuple[list[int], ChatTemplate | None]:
-    """Prompt tokens for ``/api/generate`` (``raw`` skips the template; ``context`` continues a session)."""
+) -> PromptSpec:
+    """The prompt of ``/api/generate`` (``raw`` skips the template; ``context`` continues a session)."""
+    name = facts.name.display
     if suffix:
-        return _fill_in_middle(facts, runner, prompt, suffix), None
+        return PromptSpec("fim", name, prompt=prompt, suffix=suffix)
     if raw:
-        text, template = prompt, None
-    else:
-        template = chat_template(facts, runner, template_override)
-        messages = with_defaults(facts, [{"role": "user", "content": prompt}], system)
-        text = template.render(messages, add_generation_prompt=True)
-    if context:
-        return list(context) + runner.tokenize(text, add_bos=False, special=True), template
-    return to_tokens(runner, text), template
-
-
-def _fill_in_middle(facts: ModelFacts, runner: LlamaRunner, prompt: str, suffix: str) -> list[int]:
-    fim = runner.fim_tokens()
-    if fim is None:
-        raise UnsupportedInput(
-            f"{facts.name.display} does not support insert (suffix): it has no fill-in-middle tokens"
-        )
-    pre, suf, mid = fim
-    body = [pre, *runner.tokenize(prompt), suf, *runner.tokenize(suffix), mid]
-    return ([runner.bos_token] if runner.adds_bos else []) + body
+        return PromptSpec("text", name, prompt=prompt, context=context or None)
+    source = template_override if template_override is not None else template_source(facts)
+    messages = with_defaults(facts, [{"role": "user", "content": prompt}], system)
+    return PromptSpec("chat", name, template=source or None, messages=messages, context=context or None)

@@ -59,6 +59,7 @@ class Finished:
     eval_count: int
     eval_ns: int
     output_tokens: list[int]
+    context: list[int] = field(default_factory=list)  # the prompt's tokens (Ollama's ``context``), set by the runner
 
 
 class StopMatcher:

@@ -1,55 +1,40 @@
-"""The runner: one loaded llama.cpp model behind a small async interface.
+"""One loaded llama.cpp model, in the runner process (``runner_process.py``), behind a synchronous interface.
 
-A :class:`CompletionRequest` goes in, an async stream of :class:`Piece` events and one final
-:class:`Finished` comes out; closing the stream cancels the work at the next step. Completions run
-in a continuous-batching engine (``engine.py``) with ``n_parallel`` sequences; an instance loaded for
-embeddings has a context of its own for pooled vectors instead.
+Completions run in a continuous-batching engine (``engine.py``) with ``n_parallel`` sequences: a
+:class:`~localllm.llm.engine.Job` goes in, its ``emit`` gets Pieces and one Finished (or an exception)
+from the engine's thread. An instance loaded for embeddings has a context of its own for pooled vectors
+instead. The daemon never holds one of these: it talks to the runner process (``runner_client.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import logging
 import os
+import threading
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import llama_cpp
 import numpy as np
 
-from ..errors import ContextLengthExceeded, InvalidModelFile, InvalidRequest, ServerBusy
-from .engine import BatchEngine, Job
-from .requests import CompletionRequest, Finished, Piece, TokenLogprob
+from ..errors import ContextLengthExceeded, InvalidModelFile, InvalidRequest
+from .engine import BatchEngine, Emit, Job
+from .literal import ControlStrings
+from .protocol import LoadConfig
+from .requests import CompletionRequest, Finished
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CompletionRequest", "Finished", "LlamaRunner", "LoadConfig", "Piece", "TokenLogprob"]
-
-
-@dataclass(frozen=True)
-class LoadConfig:
-    """What identifies one loaded instance of a model."""
-
-    model_path: Path
-    n_ctx: int  # per sequence
-    n_batch: int
-    n_threads: int
-    use_mmap: bool = True
-    use_mlock: bool = False
-    embedding: bool = False
-    mean_pooling: bool = False  # for models that declare no pooling of their own
-    n_parallel: int = 4  # sequences decoded together (LOCALLLM_NUM_PARALLEL)
-    adapters: tuple[Path, ...] = ()  # GGUF LoRA files applied at full strength
+__all__ = ["LlamaRunner", "LoadConfig"]
 
 
 class LlamaRunner:
     """One llama.cpp model instance: batched completions, or embeddings."""
 
-    def __init__(self, config: LoadConfig, *, max_queue: int = 512, metrics: object | None = None) -> None:
+    def __init__(self, config: LoadConfig, *, max_queue: int = 512,
+                 on_token: Callable[[bool, float], None] | None = None) -> None:
         self.config = config
         started = time.perf_counter()
         params = llama_cpp.llama_model_default_params()
@@ -61,8 +46,9 @@ class LlamaRunner:
         try:
             self._model = llama_cpp._internals.LlamaModel(path_model=str(config.model_path), params=params,
                                                           verbose=False)
-        except (ValueError, RuntimeError) as exc:
-            raise InvalidModelFile(f"llama.cpp could not load the model: {exc}") from exc
+        except (ValueError, RuntimeError) as exc:  # its message names the file's path: not for a client
+            raise InvalidModelFile("llama.cpp could not load the model file (its tensors or metadata do not "
+                                   "make a model it knows)") from exc
         self.engine: BatchEngine | None = None
         self.embedder: _Embedder | None = None
         try:
@@ -70,7 +56,6 @@ class LlamaRunner:
             if config.embedding:
                 self.embedder = _Embedder(self._model, config)
             else:
-                on_token = getattr(metrics, "observe_token", None)
                 self.engine = BatchEngine(
                     self._model, n_ctx=config.n_ctx, n_parallel=config.n_parallel, n_batch=config.n_batch,
                     n_threads=config.n_threads, max_queue=max_queue, on_token=on_token,
@@ -86,9 +71,9 @@ class LlamaRunner:
             raise InvalidModelFile(f"llama.cpp could not create a context for the model: {exc}") from exc
         self.load_seconds = time.perf_counter() - started
         self.max_queue = max_queue
-        self._lock = asyncio.Lock()  # embeddings: one batch of inputs at a time
-        self._waiting = 0
         self._piece_buffer = ctypes.create_string_buffer(256)
+        self._vocabulary: tuple[ControlStrings, int] | None = None
+        self._vocabulary_lock = threading.Lock()
 
     # --- facts ---------------------------------------------------------------
     @property
@@ -168,51 +153,61 @@ class LlamaRunner:
             self.embedder.close()
         self._model.close()
 
+    @property
+    def controls(self) -> ControlStrings:
+        """The texts of the vocabulary's control tokens (a client's text must not become one)."""
+        return self._vocabulary_facts()[0]
+
+    @property
+    def max_piece(self) -> int:
+        """The most bytes one token stands for: a text of n characters is at least n / max_piece tokens."""
+        return self._vocabulary_facts()[1]
+
+    def _vocabulary_facts(self) -> tuple[ControlStrings, int]:
+        """One pass over the vocabulary (about a second for 262k tokens), once; ``study_vocabulary`` can
+        start it early, on a thread of its own."""
+        with self._vocabulary_lock:
+            if self._vocabulary is None:
+                vocab = self._model.vocab
+                texts, longest = [], 1
+                for token in range(self.n_vocab):
+                    piece = self._piece(token)
+                    longest = max(longest, len(piece))
+                    if llama_cpp.llama_vocab_get_attr(vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
+                        texts.append(piece.decode("utf-8", errors="replace"))
+                self._vocabulary = ControlStrings(texts), longest
+            return self._vocabulary
+
+    def study_vocabulary(self) -> None:
+        threading.Thread(target=self._vocabulary_facts, name="vocabulary", daemon=True).start()
+
     # --- completion ----------------------------------------------------------
-    async def complete(self, request: CompletionRequest) -> AsyncIterator[Piece | Finished]:
-        """Stream a completion. Closing the iterator early cancels it at the engine's next step."""
-        self._check_prompt(request.prompt_tokens, request.context_limit)
-        self.check_tokens(request.prompt_tokens, "context")  # a client's context or token prompt
+    def start(self, job: Job) -> None:
+        """Check a job and queue it; its ``emit`` gets Pieces and one Finished (or an exception), or, for a
+        scoring job, the list of scores. Setting its ``cancel`` (then :meth:`wake`) stops it at the next step."""
+        request = job.request
+        self._check_prompt(request.prompt_tokens, None if job.score_only else request.context_limit)
         self.check_tokens(list(request.logit_bias), "logit_bias")
         _check_grammar(request.grammar)
-        if request.num_predict == 0:
-            yield Finished("length", len(request.prompt_tokens), 0, 0, 0, [])
+        if request.num_predict == 0 and not job.score_only:
+            job.emit(Finished("length", len(request.prompt_tokens), 0, 0, 0, []))
             return
-        async for item in self._run(Job(request, emit=lambda _item: None)):
-            yield item  # type: ignore[misc]
+        self._completions().submit(job)
 
-    async def score(self, tokens: list[int], top: int) -> list[TokenLogprob]:
-        """Each prompt token's log-probability given the tokens before it (the completions API's
-        ``echo`` with ``logprobs``, used to score text); the first token's is None."""
-        self._check_prompt(tokens)
-        job = Job(CompletionRequest(prompt_tokens=tokens, logprobs=top), emit=lambda _item: None, score_only=True)
-        async for item in self._run(job):
-            return item  # type: ignore[return-value]
-        return []
+    @staticmethod
+    def scoring_job(tokens: list[int], top: int, emit: Emit) -> Job:
+        """A job that scores each prompt token's log-probability given the tokens before it (the completions
+        API's ``echo`` with ``logprobs``, used to score text); the first token's is None."""
+        return Job(CompletionRequest(prompt_tokens=tokens, logprobs=top), emit=emit, score_only=True)
 
-    async def _run(self, job: Job) -> AsyncIterator[object]:
+    def wake(self) -> None:
+        if self.engine is not None:
+            self.engine.wake()
+
+    def _completions(self) -> BatchEngine:
         if self.engine is None:
             raise InvalidRequest("this instance was loaded for embeddings")
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-
-        def emit(item: object) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        job.emit = emit
-        self.engine.submit(job)
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if not isinstance(item, Piece):
-                    return
-        finally:
-            job.cancel.set()
-            self.engine.wake()
+        return self.engine
 
     def _check_prompt(self, tokens: list[int], limit: int | None = None) -> None:
         n_ctx = min(limit or self.n_ctx, self.n_ctx)
@@ -225,16 +220,17 @@ class LlamaRunner:
             )
 
     # --- embeddings ----------------------------------------------------------
-    async def embed(self, inputs: list[str | list[int]], *, truncate: bool) -> tuple[list[list[float]], int]:
+    def embed(self, inputs: list[str | list[int]], *, truncate: bool) -> tuple[list[list[float]], int]:
         """Pooled, L2-normalized embeddings of texts (or token lists) and the number of input tokens."""
         if self.embedder is None:
             raise InvalidRequest("this instance was loaded for completions")
-        for item in inputs:
-            if not isinstance(item, str):
-                self.check_tokens(item, "input")
         token_lists = []
         for item in inputs:
-            tokens = self.tokenize(item, add_bos=True) if isinstance(item, str) else list(item)
+            if isinstance(item, str):
+                tokens = self.tokenize(item, add_bos=True, special=False)
+            else:
+                tokens = list(item)
+                self.check_tokens(tokens, "input")
             if not tokens:
                 raise InvalidRequest("an input to embed is empty", param="input")
             if len(tokens) > self.n_ctx:
@@ -245,26 +241,7 @@ class LlamaRunner:
                     )
                 tokens = tokens[: self.n_ctx]
             token_lists.append(tokens)
-        async with self._embedding_turn():
-            vectors = await asyncio.to_thread(self.embedder.embed_all, token_lists)
-        return vectors, sum(len(t) for t in token_lists)
-
-    @contextlib.asynccontextmanager
-    async def _embedding_turn(self) -> AsyncIterator[None]:
-        """Embedding requests take turns in arrival order; beyond ``max_queue`` waiting, 503."""
-        if self._lock.locked() and self._waiting >= self.max_queue:
-            raise ServerBusy(
-                f"this model is busy and {self._waiting} request(s) are already waiting for it; try again shortly"
-            )
-        self._waiting += 1
-        try:
-            await self._lock.acquire()
-        finally:
-            self._waiting -= 1
-        try:
-            yield
-        finally:
-            self._lock.release()
+        return self.embedder.embed_all(token_lists), sum(len(t) for t in token_lists)
 
 
 def _apply_adapters(ctx: object, adapters: list[object]) -> None:

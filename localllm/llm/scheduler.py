@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,18 +29,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import InsufficientMemory, InvalidModelFile, ServerBusy, UnsupportedInput
+from ..errors import BrokenModel, InsufficientMemory, InvalidModelFile, LocalLLMError, ServerBusy, UnsupportedInput
 from ..gguf_info import GGUFInfo, read_gguf
 from ..names import ModelName
 from ..store.manifests import ManifestEntry, MediaType
 from ..store.models import ModelStore
 from .memory import estimate, gib
 from .options import DEFAULT_NUM_CTX, Options, parse_options
-from .runner import LlamaRunner, LoadConfig, default_threads
+from .protocol import LoadConfig
+from .runner_client import RunnerProcess
 
 log = logging.getLogger(__name__)
 FOREVER = float("inf")
 WAIT_FOR_ROOM = 60.0  # seconds a load waits for busy models to finish before a 503
+BROKEN_AFTER = 2  # failed loads in a row that mark a model broken (until it is created or pulled again)
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 @dataclass
@@ -63,12 +70,18 @@ class ModelFacts:
 class Loaded:
     key: tuple
     facts: ModelFacts
-    runner: LlamaRunner
-    memory: int = 0  # estimated bytes
+    runner: RunnerProcess
+    estimate: int = 0  # bytes, from the model's facts
     active: int = 0
     expires_at: float = FOREVER  # monotonic seconds
     last_used: float = field(default_factory=time.monotonic)
     unload_when_idle: bool = False
+
+    @property
+    def memory(self) -> int:
+        """What the instance counts in the budget: its runner's measured resident set, or the estimate
+        when that is larger (the KV cache and buffers fill as requests come)."""
+        return max(self.estimate, self.runner.stats.rss)
 
     def expires_wallclock(self) -> datetime:
         if self.expires_at == FOREVER:
@@ -113,6 +126,8 @@ class Scheduler:
         self._loading: dict[tuple, asyncio.Lock] = {}
         self._reaper: asyncio.Task | None = None
         self.tenants: list[Tenant] = []
+        self._failed_loads: dict[str, tuple[ModelFacts, list[str]]] = {}  # manifest digest -> failed loads in a row
+        store.on_commit.append(self.forget_failures)  # created or pulled again: a fresh chance
 
     # --- facts ---------------------------------------------------------------
     def facts(self, name: ModelName) -> ModelFacts:
@@ -175,7 +190,7 @@ class Scheduler:
     @asynccontextmanager
     async def lease(
         self, facts: ModelFacts, options: Options, *, keep_alive: float | None, embedding: bool = False
-    ) -> AsyncIterator[tuple[LlamaRunner, float]]:
+    ) -> AsyncIterator[tuple[RunnerProcess, float]]:
         """A loaded runner for the request, and how long loading took (0 when it was loaded)."""
         config = self._load_config(facts, options, embedding)
         loaded, load_seconds = await self._get_or_load(facts, config)
@@ -198,7 +213,7 @@ class Scheduler:
         """A loaded instance that can serve ``config``: the same, or the same with a larger context."""
         for loaded in self._loaded.values():
             have = loaded.runner.config
-            if loaded.facts.entry.digest == digest and have.n_ctx >= config.n_ctx:
+            if loaded.runner.alive and loaded.facts.entry.digest == digest and have.n_ctx >= config.n_ctx:
                 if replace(have, n_ctx=config.n_ctx) == config:
                     return loaded
         return None
@@ -211,14 +226,50 @@ class Scheduler:
             if current is not None:
                 current.unload_when_idle = False
                 return current, 0.0
+            broken = self.broken(facts.entry.digest)
+            if broken:
+                raise BrokenModel(f"{facts.name.display} is broken: {broken}; create or pull it again",
+                                  param="model")
             memory = self._estimate(facts, config)
             await self._make_room(facts, config, memory)
-            runner = await asyncio.to_thread(LlamaRunner, config, max_queue=self.max_queue, metrics=self.metrics)
-            loaded = Loaded(key=(facts.entry.digest, config), facts=facts, runner=runner, memory=memory)
+            try:
+                runner = await RunnerProcess.start(config, facts.name.display, max_queue=self.max_queue,
+                                                   on_token=getattr(self.metrics, "observe_token", None))
+            except LocalLLMError as exc:
+                self._failed_loads.setdefault(facts.entry.digest, (facts, []))[1].append(exc.message)
+                raise
+            self._failed_loads.pop(facts.entry.digest, None)
+            loaded = Loaded(key=(facts.entry.digest, config), facts=facts, runner=runner, estimate=memory)
+            runner.on_exit = lambda _runner: self._runner_died(loaded)
             self._loaded[loaded.key] = loaded
             log.info("loaded %s (n_ctx=%d x %d, ~%s) in %.2fs", facts.name.display, config.n_ctx,
-                     config.n_parallel, gib(memory), runner.load_seconds)
+                     config.n_parallel, gib(loaded.memory), runner.load_seconds)
             return loaded, runner.load_seconds
+
+    def broken(self, digest: str) -> str | None:
+        """Why a model is broken (its runner failed to load it twice in a row), or None."""
+        _facts, failures = self._failed_loads.get(digest, (None, []))
+        return failures[-1] if len(failures) >= BROKEN_AFTER else None
+
+    def broken_models(self) -> list[tuple[ModelFacts, str]]:
+        """The broken models still in the store under the same manifest."""
+        result = []
+        for digest, (facts, failures) in list(self._failed_loads.items()):
+            if len(failures) >= BROKEN_AFTER and self.store.exists(facts.name) and self.store.get(facts.name).digest == digest:
+                result.append((facts, failures[-1]))
+        return result
+
+    def forget_failures(self, name: ModelName, digest: str) -> None:
+        """A model was created or pulled again: give it a fresh chance."""
+        for failed, (facts, _failures) in list(self._failed_loads.items()):
+            if failed == digest or facts.name == name:
+                self._failed_loads.pop(failed, None)
+
+    def _runner_died(self, loaded: Loaded) -> None:
+        """A runner ended unasked: its requests failed already; the next request loads a fresh one."""
+        if self._loaded.get(loaded.key) is loaded:
+            del self._loaded[loaded.key]
+        self._idle.set()
 
     def _estimate(self, facts: ModelFacts, config: LoadConfig) -> int:
         manifest = facts.entry.manifest
@@ -290,7 +341,7 @@ class Scheduler:
     async def _unload(self, loaded: Loaded) -> None:
         if self._loaded.get(loaded.key) is loaded:
             del self._loaded[loaded.key]
-            await asyncio.to_thread(loaded.runner.close)
+            await loaded.runner.close()
             log.info("unloaded %s", loaded.facts.name.display)
 
     async def unload(self, facts: ModelFacts) -> None:

@@ -61,7 +61,12 @@ async def show_model(body: ShowRequest, request: Request) -> dict:
     store = _store(request)
 
     def describe() -> dict:
-        return show(store, store.get(name), verbose=body.verbose)
+        entry = store.get(name)
+        result = show(store, entry, verbose=body.verbose)
+        broken = request.app.state.scheduler.broken(entry.digest)
+        if broken:  # its runner failed to load it twice in a row: say so until it is created again
+            result.update(status="broken", error=broken)
+        return result
 
     return await run_in_threadpool(describe)
 

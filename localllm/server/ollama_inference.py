@@ -17,8 +17,8 @@ from ..llm.embedding import embed
 from ..llm.generation import Outcome, ToolCalls, generate, load_only
 from ..llm.grammar import grammar_for
 from ..llm.options import parse_keep_alive, parse_options
-from ..llm.prompts import chat_tokens, generate_tokens
-from ..llm.runner import Piece
+from ..llm.prompts import chat_spec, generate_spec
+from ..llm.requests import Piece
 from ..llm.scheduler import ModelFacts, Scheduler
 from ..names import ModelName
 from ..store.describe import details
@@ -124,14 +124,10 @@ async def generate_route(body: GenerateRequest, request: Request) -> Response:
              **({"load_duration": load_ns} if load_ns else {})}
         )
 
-    def build(runner):
-        return generate_tokens(
-            facts, runner, prompt=body.prompt, system=body.system, template_override=body.template,
-            context=body.context, raw=body.raw, suffix=body.suffix,
-        )
-
+    prompt = generate_spec(facts, prompt=body.prompt, system=body.system, template_override=body.template,
+                           context=body.context, raw=body.raw, suffix=body.suffix)
     events = generate(
-        _scheduler(request), facts, options=options, keep_alive=keep_alive, build_prompt=build, format=body.format
+        _scheduler(request), facts, options=options, keep_alive=keep_alive, prompt=prompt, format=body.format
     )
 
     def chunk(text: str, _calls: None = None) -> dict[str, Any]:
@@ -168,11 +164,9 @@ async def chat_route(body: ChatRequest, request: Request) -> Response:
 
     messages = template_messages(body.messages)
 
-    def build(runner):
-        return chat_tokens(facts, runner, messages, body.tools)
-
     events = generate(
-        _scheduler(request), facts, options=options, keep_alive=keep_alive, build_prompt=build,
+        _scheduler(request), facts, options=options, keep_alive=keep_alive,
+        prompt=chat_spec(facts, messages, body.tools),
         format=body.format, tools=body.tools,
     )
 
@@ -243,6 +237,9 @@ async def ps_route(request: Request) -> dict[str, Any]:
         add(entry, loaded.memory or entry.manifest.total_size, loaded.expires_wallclock(), loaded.runner.n_ctx)
     for worker in request.app.state.images.running():  # image workers, in the same budget
         add(worker.model.entry, worker.memory, worker.expires_wallclock(), 0)
+    for facts, error in _scheduler(request).broken_models():  # not loaded, and will not be until created again
+        add(facts.entry, 0, datetime.now(UTC), 0)
+        merged[facts.entry.name.display].update(status="broken", error=error)
     for model in merged.values():
         model["expires_at"] = model["expires_at"].isoformat().replace("+00:00", "Z")
     return {"models": list(merged.values())}

@@ -22,12 +22,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
-from ..errors import ContextLengthExceeded, InvalidRequest, LocalLLMError
+from ..errors import ContextLengthExceeded, InvalidRequest, LocalLLMError, TemplateError, UnsupportedInput
 from ..llm.embedding import embed
 from ..llm.generation import Outcome, ToolCalls, generate
 from ..llm.options import Options, parse_keep_alive, parse_options
-from ..llm.prompts import chat_tokens, generate_tokens, to_tokens
-from ..llm.runner import LlamaRunner, Piece, TokenLogprob
+from ..llm.prompts import chat_spec
+from ..llm.protocol import PromptBuilt, PromptSpec
+from ..llm.requests import Piece, TokenLogprob
 from ..llm.scheduler import ModelFacts, Scheduler
 from ..names import MODEL_NAME_PATTERN, ModelName
 from .errors import error_of, openai_error
@@ -124,8 +125,8 @@ async def _primed(request: Request, events: Events, prompt_param: str) -> Events
     Raises ClientGone if the client leaves first."""
     try:
         first = await first_event(request, events)
-    except ContextLengthExceeded as exc:
-        exc.param = exc.param or prompt_param
+    except (ContextLengthExceeded, TemplateError, UnsupportedInput) as exc:  # the prompt could not be built
+        exc.param = exc.param or ("tools" if prompt_param == "messages" and "tools" in exc.message else prompt_param)
         raise
 
     async def rest() -> Events:
@@ -232,17 +233,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     bias = logit_bias_of(body.logit_bias)
 
-    def build(runner: LlamaRunner) -> Any:
-        try:
-            return chat_tokens(facts, runner, messages, plan.tools)
-        except LocalLLMError as exc:
-            exc.param = exc.param or ("tools" if "tools" in exc.message else "messages")
-            raise
+    prompt = chat_spec(facts, messages, plan.tools)
 
     def start(index: int) -> AsyncIterator[Piece | ToolCalls | Outcome]:
         return generate(
             _scheduler(request), facts, options=with_seed(options, index), keep_alive=_keep_alive(body.keep_alive),
-            build_prompt=build, grammar=grammar, tools=plan.tools, calls_are_json=plan.forced,
+            prompt=prompt, grammar=grammar, tools=plan.tools, calls_are_json=plan.forced,
             logit_bias=bias, logprobs=logprobs,
         )
 
@@ -342,25 +338,30 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     bias = logit_bias_of(body.logit_bias)
     echoes: dict[int, str] = {}
 
-    def builder(prompt: str | list[int], prompt_index: int) -> Callable[[LlamaRunner], Any]:
-        def build(runner: LlamaRunner) -> Any:
-            if isinstance(prompt, list):
-                runner.check_tokens(prompt, "prompt")
-                echoes[prompt_index] = runner.detokenize(prompt)
-                return list(prompt), None
-            echoes[prompt_index] = prompt
-            if body.suffix:
-                return generate_tokens(facts, runner, prompt=prompt, system=None, template_override=None,
-                                       context=None, raw=True, suffix=body.suffix)
-            return to_tokens(runner, prompt), None
+    def spec(prompt: str | list[int]) -> PromptSpec:
+        if isinstance(prompt, list):
+            return PromptSpec("tokens", facts.name.display, tokens=list(prompt), echo=body.echo)
+        if body.suffix:
+            return PromptSpec("fim", facts.name.display, prompt=prompt, suffix=body.suffix)
+        return PromptSpec("text", facts.name.display, prompt=prompt)
 
-        return build
+    def heard(prompt_index: int) -> Callable[[PromptBuilt], None]:
+        def remember(built: PromptBuilt) -> None:
+            if built.echo is not None:
+                echoes[prompt_index] = built.echo
+
+        return remember
+
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            echoes[index] = prompt
 
     def start(index: int) -> AsyncIterator[Piece | ToolCalls | Outcome]:
         prompt_index, choice = divmod(index, body.n)
         return generate(
             _scheduler(request), facts, options=with_seed(options, choice), keep_alive=_keep_alive(body.keep_alive),
-            build_prompt=builder(prompts[prompt_index], prompt_index), logit_bias=bias, logprobs=body.logprobs,
+            prompt=spec(prompts[prompt_index]), logit_bias=bias, logprobs=body.logprobs,
+            on_prompt=heard(prompt_index),
         )
 
     scores: dict[int, list[TokenLogprob]] = {}
@@ -368,13 +369,13 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         merged = facts.params.merged(options)
         async with _scheduler(request).lease(facts, merged, keep_alive=_keep_alive(body.keep_alive)) as (runner, _):
             for index, prompt in enumerate(prompts):
-                tokens, _template = builder(prompt, index)(runner)
-                scored = await runner.score(tokens, body.logprobs)
-                if scored and runner.adds_bos and tokens[0] == runner.bos_token:
-                    scored = scored[1:]  # the BOS token is not part of the echoed text
-                    if scored:
-                        scored[0] = TokenLogprob(scored[0].token, scored[0].bytes, None)
-                scores[index] = scored
+                try:
+                    scores[index], echo = await runner.score(spec(prompt), body.logprobs)
+                except (ContextLengthExceeded, InvalidRequest) as exc:
+                    exc.param = exc.param or "prompt"
+                    raise
+                if echo is not None:
+                    echoes[index] = echo
 
     try:
         events = await _primed(request, _choices(len(prompts) * body.n, start, together=body.seed is None), "prompt")

@@ -9,11 +9,12 @@ the digests it is fetching for as long as it runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ class ModelStore:
         self._lock = threading.RLock()
         self._pins: Counter[str] = Counter()
         self._fresh: dict[str, float] = {}
+        self.on_commit: list[Callable[[ModelName, str], None]] = []  # told each name written, and its digest
 
     # --- reading -------------------------------------------------------------
     def get(self, name: ModelName) -> ManifestEntry:
@@ -104,6 +106,9 @@ class ModelStore:
             self.manifests.write(name, manifest)
             for digest in manifest.digests:
                 self._fresh.pop(digest, None)
+        written = "sha256:" + hashlib.sha256(manifest.to_bytes()).hexdigest()
+        for listener in self.on_commit:
+            listener(name, written)
 
     def copy(self, source: ModelName, destination: ModelName) -> None:
         with self._lock:
