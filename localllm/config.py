@@ -59,6 +59,17 @@ class Settings(BaseSettings):
     image_url_ttl: int = Field(
         default=3600, ge=1, description="Seconds an image URL of /v1/images/generations stays valid."
     )
+    max_body: str = Field(
+        default="64MiB",
+        description="Largest request body (blob uploads, which stream to disk, excepted); beyond it, 413.",
+    )
+    max_messages: int = Field(
+        default=4096, ge=1, description="Most messages (or embedding inputs) one request may carry."
+    )
+    max_prompt: int = Field(
+        default=8_000_000, ge=1,
+        description="Most characters of text (messages, prompt, system, inputs) one request may carry.",
+    )
     api_key: SecretStr | None = Field(
         default=None,
         description="When set, every request but the health check needs 'Authorization: Bearer <key>'.",
@@ -90,7 +101,7 @@ class Settings(BaseSettings):
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
-    @field_validator("max_memory", mode="after")
+    @field_validator("max_memory", "max_body", mode="after")
     @classmethod
     def _valid_size(cls, value: str) -> str:
         parse_size(value)
@@ -99,6 +110,10 @@ class Settings(BaseSettings):
     @property
     def memory_budget(self) -> int:
         return parse_size(self.max_memory) or default_budget()
+
+    @property
+    def max_body_bytes(self) -> int:
+        return parse_size(self.max_body) or 64 * 2**20
 
     @property
     def models_dir(self) -> Path:

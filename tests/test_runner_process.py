@@ -268,3 +268,43 @@ def test_control_tokens_in_user_text_stay_text(gemma: Daemon, model: str, forged
     assert reply.status_code == 200
     assert reply.json()["prompt_eval_count"] == len(forged_tokens)
 
+
+# --- D4: templates within their budgets ---------------------------------------------------------------------
+HOSTILE_TEMPLATES = [
+    "{{ 'a' | center(60000000) }}",
+    "{{ '%60000000s' % 'a' }}",
+    "{{ ('a' * 100000) | replace('', 'b' * 1000) }}",
+    "{% set ns = namespace(s='ab') %}{% for i in range(30) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(24) }}",
+    "{{ messages | tojson(indent=60000000) }}",
+    '{{ printf "%0999999d" 1 }}' * 20 + "{{ .Prompt }}",  # Go: each printf within bounds, the output not
+]
+
+
+def vm_hwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_hostile_templates_fail_fast_with_bounded_memory(gemma: Daemon) -> None:
+    """A template from a request (or a Modelfile, or a GGUF) that builds huge strings or recurses is a 400
+    within a second or two, the runner's peak memory barely moves, and the daemon answers meanwhile."""
+    httpx.post(gemma.base_url + "/api/generate", json={"model": SMOLLM2, "keep_alive": 0})  # only gemma's runner
+    assert generate(gemma, GEMMA, "Hello").status_code == 200
+    (pid,) = runner_pids(gemma)
+    peak_before = vm_hwm(pid)
+    daemon_peak_before = vm_hwm(gemma.process.pid)
+    with LoopWatch(gemma) as watch:
+        for template in HOSTILE_TEMPLATES:
+            started = time.perf_counter()
+            response = generate(gemma, GEMMA, "Hello", template=template)
+            took = time.perf_counter() - started
+            assert response.status_code == 400, (template, response.text)
+            assert "template" in response.json()["error"], response.text
+            assert took < 3, (template, took)
+    assert watch.slowest < 0.2
+    assert runner_pids(gemma) == [pid]  # the same runner: nothing killed it
+    assert vm_hwm(pid) - peak_before < 150 * 2**20, "a template built a huge string in the runner"
+    assert vm_hwm(gemma.process.pid) - daemon_peak_before < 50 * 2**20

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextvars
 import json
 import re
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, cached_property
 from typing import Any
@@ -20,6 +22,7 @@ from jinja2 import meta, nodes
 from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.visitor import NodeTransformer
 
 from ..errors import TemplateError
 
@@ -77,33 +80,140 @@ class _GenerationBlocks(Extension):
         return nodes.Scope(body, lineno=lineno)
 
 
-# A template is code from whoever published the model: its loops and its string and list arithmetic are
-# bounded, so a hostile or broken one fails with an error instead of hanging the daemon or eating its memory.
+# A template is code from whoever published the model (or from a request's ``template``): everything it can do
+# is bounded, so a hostile or broken one fails at once with an error instead of hanging the runner or eating
+# its memory. One budget of characters holds for the output and for every string or list the template
+# builds, checked before Python builds it where one call could build a huge one (center, ljust, %-widths,
+# replace, join, tojson's indent, ~ and + and *); calls (macros included) are counted and nested at most
+# MAX_DEPTH deep; loops are counted; and a render that still runs after RENDER_SECONDS is stopped.
+MAX_OUTPUT = 16_000_000  # characters: twice LOCALLLM_MAX_PROMPT's default, more than any context holds
+MAX_SEQUENCE = MAX_OUTPUT
 MAX_LOOP_STEPS = 1_000_000
-MAX_SEQUENCE = 1_000_000
-_loop_steps: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("template_loop_steps", default=None)
+MAX_CALLS = 100_000
+MAX_DEPTH = 64
+RENDER_SECONDS = 3.0
+
+
+@dataclass
+class _Budget:
+    deadline: float
+    loop_steps: int = 0
+    calls: int = 0
+    depth: int = 0
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise SecurityError(f"the template ran for more than {RENDER_SECONDS:g} seconds")
+
+
+_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("template_budget", default=None)
+
+
+def _too_long(size: int) -> None:
+    if size > MAX_OUTPUT:
+        raise SecurityError(f"the template built a string longer than {MAX_OUTPUT:,} characters")
+
+
+def _checked(value: Any) -> Any:
+    if isinstance(value, str | list | tuple):
+        _too_long(len(value))
+    return value
 
 
 def _budgeted(iterable: Any) -> Iterator[Any]:
     """What every ``{% for %}`` iterates: the original items, counted against the render's budget."""
-    counter = _loop_steps.get()
+    budget = _budget.get()
     for item in iterable:
-        if counter is not None:
-            counter[0] += 1
-            if counter[0] > MAX_LOOP_STEPS:
+        if budget is not None:
+            budget.loop_steps += 1
+            if budget.loop_steps > MAX_LOOP_STEPS:
                 raise SecurityError(f"the template ran more than {MAX_LOOP_STEPS:,} loop steps")
+            if budget.loop_steps % 1024 == 0:
+                budget.tick()
         yield item
 
 
-def _budget_loops(tree: nodes.Template) -> nodes.Template:
-    for loop in tree.find_all(nodes.For):
-        loop.iter = nodes.Call(nodes.Name("_localllm_budgeted", "load"), [loop.iter], [], None, None,
-                               lineno=loop.lineno)
-    return tree
+def _concat(*parts: Any) -> str:
+    """``a ~ b``: the parts' length is checked before they are joined."""
+    texts = [str(part) for part in parts]
+    _too_long(sum(len(text) for text in texts))
+    return "".join(texts)
+
+
+class _Budgeting(NodeTransformer):
+    """Every ``{% for %}`` iterates through ``_budgeted``; every ``~`` joins through ``_concat``."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        node.iter = nodes.Call(nodes.Name("_localllm_budgeted", "load"), [node.iter], [], None, None,
+                               lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        return nodes.Call(nodes.Name("_localllm_concat", "load"), list(node.nodes), [], None, None,
+                          lineno=node.lineno)
+
+
+def _budget_tree(tree: nodes.Template) -> nodes.Template:
+    return _Budgeting().visit(tree)
+
+
+_FORMAT_NUMBERS = re.compile(r"%[-+ #0]*(\d*)(?:\.(\d+))?")
+_WIDTH_METHODS = {"ljust", "rjust", "center", "zfill", "expandtabs"}
+
+
+def _precheck_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a call that would build a string beyond the budget in one go."""
+    method = getattr(obj, "__wrapped__", obj)  # str.format reaches us wrapped by the sandbox
+    owner = getattr(method, "__self__", None)
+    name = getattr(method, "__name__", "")
+    if isinstance(owner, str):
+        if name in _WIDTH_METHODS:
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, int) and value > MAX_OUTPUT:
+                    _too_long(value if name != "expandtabs" else value * owner.count("\t"))
+        elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+            count = owner.count(args[0]) if args[0] else len(owner) + 1
+            _too_long(len(owner) + count * max(0, len(args[1]) - len(args[0])))
+        elif name == "join" and args and isinstance(args[0], list | tuple):
+            _too_long(sum(len(item) for item in args[0] if isinstance(item, str)) + len(owner) * len(args[0]))
+        elif name in ("format", "format_map"):
+            for match in re.finditer(r"[<>^=]?(\d{7,})", owner):
+                _too_long(int(match.group(1)))
+
+
+def _bounded_filter(name: str, function: Any) -> Any:
+    """A filter that checks its arguments (where one call could build a huge string) and its result."""
+
+    def check(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        values = [v for v in args if not isinstance(v, jinja2.runtime.Context | jinja2.Environment |
+                                                         jinja2.nodes.EvalContext)]
+        if name in ("center", "indent", "wordwrap", "tojson", "format", "truncate"):
+            for value in (*values[1:], *kwargs.values()):
+                if isinstance(value, int) and not isinstance(value, bool) and value > 10_000:
+                    base = len(str(values[0])) if values else 0
+                    scale = max(1, base) if name in ("indent", "tojson") else 1
+                    _too_long(value * scale)
+        elif name == "replace" and len(values) >= 3:
+            text, old, new = str(values[0]), str(values[1]), str(values[2])
+            count = text.count(old) if old else len(text) + 1
+            _too_long(len(text) + count * max(0, len(new) - len(old)))
+        elif name == "join" and values and isinstance(values[0], list | tuple):
+            _too_long(sum(len(str(item)) for item in values[0]))
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        check(args, kwargs)
+        return _checked(function(*args, **kwargs))
+
+    bounded.__name__ = getattr(function, "__name__", name)
+    if hasattr(function, "jinja_pass_arg"):
+        bounded.jinja_pass_arg = function.jinja_pass_arg  # type: ignore[attr-defined]
+    return bounded
 
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -111,9 +221,33 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
                 if isinstance(sequence, str | list | tuple) and isinstance(times, int):
                     if len(sequence) * times > MAX_SEQUENCE:
                         raise SecurityError(f"the template built a sequence longer than {MAX_SEQUENCE:,}")
-        if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
+        elif operator == "+":
+            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                _too_long(len(left) + len(right))
+        elif operator == "%" and isinstance(left, str):
+            for width, precision in _FORMAT_NUMBERS.findall(left):
+                _too_long(max(int(width or 0), int(precision or 0)))
+        elif operator == "**" and isinstance(right, int | float) and abs(right) > 100:
             raise SecurityError("the template raised a number to a power above 100")
-        return super().call_binop(context, operator, left, right)
+        return _checked(super().call_binop(context, operator, left, right))
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        budget = _budget.get()
+        if budget is not None:
+            budget.calls += 1
+            if budget.calls > MAX_CALLS:
+                raise SecurityError(f"the template made more than {MAX_CALLS:,} calls")
+            if budget.calls % 256 == 0:
+                budget.tick()
+            if budget.depth >= MAX_DEPTH:
+                raise SecurityError(f"the template nested calls more than {MAX_DEPTH} deep")
+            budget.depth += 1
+        try:
+            _precheck_call(__obj, args, kwargs)
+            return _checked(super().call(__context, __obj, *args, **kwargs))
+        finally:
+            if budget is not None:
+                budget.depth -= 1
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
@@ -122,8 +256,11 @@ def _environment() -> ImmutableSandboxedEnvironment:
     )
     env.globals["raise_exception"] = _raise_exception
     env.globals["_localllm_budgeted"] = _budgeted
+    env.globals["_localllm_concat"] = _concat
     env.globals["strftime_now"] = _strftime_now
     env.filters["tojson"] = _tojson
+    for name, function in list(env.filters.items()):
+        env.filters[name] = _bounded_filter(name, function)
     return env
 
 
@@ -188,7 +325,7 @@ class ChatTemplate(ProbedTemplate):
     @classmethod
     def compile(cls, source: str, *, bos_token: str = "", eos_token: str = "") -> ChatTemplate:
         try:
-            template = _ENV.from_string(_budget_loops(_ENV.parse(source)))
+            template = _ENV.from_string(_budget_tree(_ENV.parse(source)))
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(_syntax_message(source, exc)) from exc
         except Exception as exc:  # e.g. RecursionError on absurdly nested source
@@ -212,15 +349,20 @@ class ChatTemplate(ProbedTemplate):
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
         }
-        token = _loop_steps.set([0])
+        token = _budget.set(_Budget(deadline=time.monotonic() + RENDER_SECONDS))
         try:
-            return self._template.render(context)
+            size, parts = 0, []
+            for part in self._template.generate(context):  # the output, within the budget as it grows
+                size += len(part)
+                _too_long(size)
+                parts.append(part)
+            return "".join(parts)
         except _Raised as exc:
             raise TemplateError(f"the chat template rejected the messages: {exc}") from exc
         except Exception as exc:  # anything a template does wrong (type errors, sandbox refusals) is a bad template
             raise TemplateError(_render_message(exc)) from exc
         finally:
-            _loop_steps.reset(token)
+            _budget.reset(token)
 
     def _reads_tools(self) -> bool:
         return "tools" in meta.find_undeclared_variables(_ENV.parse(self.source))

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import Depends, FastAPI, Response
+from fastapi import FastAPI, Response
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
@@ -23,9 +23,8 @@ from ..store import image_models
 from ..store.models import ModelStore
 from ..store.registry import Puller
 from . import images_api, ollama_api, ollama_inference, openai_api
-from .auth import require_api_key
 from .errors import install_error_handlers
-from .middleware import JsonBodyMiddleware, LoopbackHostMiddleware, RequestMetricsMiddleware, origin_regex
+from .middleware import EdgeMiddleware, JsonBodyMiddleware, RequestMetricsMiddleware, origin_regex
 from .openapi import install_openapi
 
 log = logging.getLogger("localllm")
@@ -75,7 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=API_DESCRIPTION,
         lifespan=lifespan,
-        dependencies=[Depends(require_api_key)],
     )
     app.state.settings = settings
     app.state.store = store
@@ -103,10 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["*"],
     )
     app.add_middleware(JsonBodyMiddleware)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     host, _ = settings.bind
-    if is_loopback_host(host):
-        app.add_middleware(LoopbackHostMiddleware)
+    app.add_middleware(EdgeMiddleware, settings=settings, check_host=is_loopback_host(host))
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
 
 
@@ -127,4 +124,10 @@ def serve(settings: Settings | None = None) -> None:
     configure_logging(settings)
     host, port = settings.bind
     log.info("localllm %s listening on %s:%d, models in %s", __version__, host, port, settings.models_dir)
+    if not is_loopback_host(host):  # the Host check (DNS rebinding) is off: anyone who can reach the port may ask
+        if settings.api_key:
+            log.warning("bound to %s: reachable from the network; requests need the API key", host)
+        else:
+            log.warning("bound to %s: reachable from the network WITHOUT an API key; anyone who can reach port "
+                        "%d can pull, create, delete and generate. Set LOCALLLM_API_KEY.", host, port)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -23,6 +23,7 @@ from ..llm.scheduler import ModelFacts, Scheduler
 from ..names import ModelName
 from ..store.describe import details
 from .images_api import generate_image, image_model
+from .limits import check_size
 from .schemas import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, template_messages
 from .streaming import ClientGone, ClosingStreamingResponse, first_event, ndjson, until_disconnected
 
@@ -105,6 +106,7 @@ async def generate_route(body: GenerateRequest, request: Request) -> Response:
     if image is not None:  # an image model: the prompt becomes a picture
         return await generate_image(request, image, body, _keep_alive(body.keep_alive))
     facts = await _facts(request, body.model)
+    check_size(request, texts=[body.prompt, body.system, body.suffix, body.template], param="prompt")
     asked = [field for field in ("width", "height", "steps") if getattr(body, field) is not None]
     if asked:
         raise UnsupportedInput(f"{facts.name.display} is not an image model: {', '.join(asked)} are for image "
@@ -147,6 +149,7 @@ async def generate_route(body: GenerateRequest, request: Request) -> Response:
 @router.post("/api/chat")
 async def chat_route(body: ChatRequest, request: Request) -> Response:
     facts = await _facts(request, body.model)
+    check_size(request, items=body.messages, texts=[body.tools or []])
     options = parse_options(body.options)
     keep_alive = _keep_alive(body.keep_alive)
     grammar_for(body.format)
@@ -190,6 +193,7 @@ async def chat_route(body: ChatRequest, request: Request) -> Response:
 @router.post("/api/embed")
 async def embed_route(body: EmbedRequest, request: Request) -> dict[str, Any]:
     facts = await _facts(request, body.model)
+    check_size(request, items=[body.input] if isinstance(body.input, str) else body.input, param="input")
     inputs: list[str | list[int]] = [body.input] if isinstance(body.input, str) else list(body.input)
     result = await embed(
         _scheduler(request), facts, inputs, options=parse_options(body.options),

@@ -40,6 +40,7 @@ from .openai_convert import (
     tool_plan,
     with_seed,
 )
+from .limits import check_size
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .streaming import ClientGone, ClosingStreamingResponse, first_event, until_disconnected
 
@@ -223,6 +224,7 @@ def _legacy_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
 @router.post("/chat/completions", summary="Create a chat completion")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     facts = await _facts(request, body.model)  # an unknown model is a 404 whatever else is wrong
+    check_size(request, items=body.messages, texts=[body.tools or []])
     if body.top_logprobs is not None and not body.logprobs:
         raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
     plan = tool_plan(body)
@@ -331,6 +333,7 @@ def _prompts(body: CompletionRequest) -> list[str | list[int]]:
 @router.post("/completions", summary="Create a completion")
 async def completions(body: CompletionRequest, request: Request) -> Response:
     facts = await _facts(request, body.model)
+    check_size(request, items=_prompts(body), texts=[body.suffix], param="prompt")
     if body.suffix and any(not isinstance(p, str) for p in _prompts(body)):
         raise InvalidRequest("suffix needs a text prompt", param="suffix")
     prompts = _prompts(body)
@@ -456,6 +459,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
     else:
         inputs = list(value)  # type: ignore[arg-type]
     facts = await _facts(request, body.model)
+    check_size(request, items=inputs, param="input")
     options = _parsed(body.options)
     result = await embed(_scheduler(request), facts, inputs, options=options, keep_alive=_keep_alive(body.keep_alive),
                          truncate=False, dimensions=body.dimensions)
