@@ -119,3 +119,14 @@ def test_too_many_messages_are_refused_before_the_model_loads(daemon: Daemon, tm
     assert openai.status_code == 400 and openai.json()["error"]["param"] == "messages"
     assert long.status_code == 400 and "LOCALLLM_MAX_PROMPT" in long.json()["error"]
     assert inputs.status_code == 400 and "LOCALLLM_MAX_MESSAGES" in inputs.json()["error"]
+
+
+def test_a_killed_writes_temp_files_are_removed_at_start(make_daemon, hermetic_env: Path) -> None:
+    blobs = hermetic_env / "models" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / ".tmp-killed-upload").write_bytes(b"x" * 1000)  # fresh: a pull killed a moment ago
+    partial = blobs / ("sha256-" + "a" * 64 + "-partial")
+    partial.write_bytes(b"resumable")
+    make_daemon().start()
+    assert not (blobs / ".tmp-killed-upload").exists()
+    assert partial.exists()  # a partial download resumes with the next pull

@@ -45,9 +45,9 @@ def load(path: Path | str) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except FileNotFoundError:
-        raise InvalidModelFile(f"{path} does not exist") from None
+        raise InvalidModelFile(f"{Path(path).name} does not exist") from None  # no server paths in messages
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise InvalidModelFile(f"{path} is not a readable ONNX model: {exc}") from None
+        raise InvalidModelFile(f"{Path(path).name} is not a readable ONNX model: {exc}") from None
     load_external_data(model, Path(path).parent)
     return model
 

@@ -121,11 +121,11 @@ class StreamGraph:
         try:
             doc = json.loads(path.read_text())
         except FileNotFoundError:
-            raise InvalidModelFile(f"{path} is missing: not a converted model folder") from None
+            raise InvalidModelFile(f"{_shown(path)} is missing: not a converted model folder") from None
         except json.JSONDecodeError as exc:
-            raise InvalidModelFile(f"{path} is not valid JSON: {exc}") from None
+            raise InvalidModelFile(f"{_shown(path)} is not valid JSON: {exc}") from None
         if doc.get("format") != FORMAT:
-            raise InvalidModelFile(f"{path} has format {doc.get('format')!r}; this localllm reads {FORMAT}")
+            raise InvalidModelFile(f"{_shown(path)} has format {doc.get('format')!r}; this localllm reads {FORMAT}")
         weights = {
             k: WeightSpec(k, tuple(w["shape"]), w["dtype"], w["offset"], w["nbytes"], w.get("scale", 1.0),
                           w.get("zero_point", 0))
@@ -192,3 +192,8 @@ def save(graph: StreamGraph, directory: Path) -> None:
     tmp.write_text(json.dumps(graph.to_json(), separators=(",", ":")))
     tmp.replace(directory / GRAPH_FILE)
     graph.directory = directory
+
+
+def _shown(path: Path) -> str:
+    """A path as an error message may show it: its folder and name, not where the store lives."""
+    return f"{path.parent.name}/{path.name}"

@@ -58,7 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         store.blobs.ensure()
         removed = store.prune()  # blobs left by work that was killed before its manifest
-        stale = store.blobs.remove_stale_temps() + image_models.clean(store)  # + image work of killed pulls
+        # nothing else writes this store before we serve: every temp file is a killed write's (partial
+        # downloads, which resume, are named sha256-<hex>-partial and stay)
+        stale = store.blobs.remove_stale_temps(older_than=0) + image_models.clean(store)  # + image work of killed pulls
         if removed or stale:
             log.info("removed %d unreferenced blob(s) and %d stale temp file(s)", len(removed), stale)
         scheduler.start()
