@@ -101,8 +101,21 @@ class _Budget:
     calls: int = 0
     depth: int = 0
 
-    def tick(self) -> None:
-        if time.monotonic() > self.deadline:
+    def loop_step(self) -> None:
+        self.loop_steps += 1
+        self._within(self.loop_steps, MAX_LOOP_STEPS, "loop steps")
+
+    def enter_call(self) -> None:
+        self.calls += 1
+        self._within(self.calls, MAX_CALLS, "calls")
+        if self.depth >= MAX_DEPTH:
+            raise SecurityError(f"the template nested calls more than {MAX_DEPTH} deep")
+        self.depth += 1
+
+    def _within(self, count: int, limit: int, what: str) -> None:
+        if count > limit:
+            raise SecurityError(f"the template ran more than {limit:,} {what}")
+        if count % 256 == 0 and time.monotonic() > self.deadline:  # the clock, now and then
             raise SecurityError(f"the template ran for more than {RENDER_SECONDS:g} seconds")
 
 
@@ -125,11 +138,7 @@ def _budgeted(iterable: Any) -> Iterator[Any]:
     budget = _budget.get()
     for item in iterable:
         if budget is not None:
-            budget.loop_steps += 1
-            if budget.loop_steps > MAX_LOOP_STEPS:
-                raise SecurityError(f"the template ran more than {MAX_LOOP_STEPS:,} loop steps")
-            if budget.loop_steps % 1024 == 0:
-                budget.tick()
+            budget.loop_step()
         yield item
 
 
@@ -234,14 +243,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         budget = _budget.get()
         if budget is not None:
-            budget.calls += 1
-            if budget.calls > MAX_CALLS:
-                raise SecurityError(f"the template made more than {MAX_CALLS:,} calls")
-            if budget.calls % 256 == 0:
-                budget.tick()
-            if budget.depth >= MAX_DEPTH:
-                raise SecurityError(f"the template nested calls more than {MAX_DEPTH} deep")
-            budget.depth += 1
+            budget.enter_call()
         try:
             _precheck_call(__obj, args, kwargs)
             return _checked(super().call(__context, __obj, *args, **kwargs))
