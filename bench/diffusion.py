@@ -5,7 +5,7 @@
         [--vae-providers prefetch] [--image-runs fp16:prefetch,uint8:prefetch,fp16:disk]
 
 Once, into the cache (outside the repo): SD 1.5's text encoder (123M), UNet (860M) and VAE decoder
-built with random weights and exported in diffusers' ONNX layout (localllm.images.export), then
+built with random weights and exported in diffusers' ONNX layout (localllm.diffusion.export), then
 converted to the streaming layout per precision (for the image: UNet at batch 1, run twice per step
 for guidance, and the VAE decoder in 24×24-latent tiles; for the component figures: the UNet at
 batch 2 and the VAE decoder whole, as onnxruntime runs them). Then every measurement runs in a
@@ -57,7 +57,7 @@ def clip_byte_vocab() -> dict[str, bytes]:
 
 
 def prepare(cache: Path, precisions: list[str]) -> None:
-    from localllm.images import export
+    from localllm.diffusion import export
 
     onnx_dir = cache / "sd15-onnx"
     if not (onnx_dir / "done").exists():
@@ -76,7 +76,7 @@ def prepare(cache: Path, precisions: list[str]) -> None:
 
 
 def export_component(cache: Path, name: str) -> None:
-    from localllm.images import export
+    from localllm.diffusion import export
 
     out = cache / "sd15-onnx" / name
     if name == "text_encoder":
@@ -88,7 +88,7 @@ def export_component(cache: Path, name: str) -> None:
 
 
 def convert(cache: Path, precision: str) -> None:
-    from localllm.images.convert import convert_model, convert_pipeline
+    from localllm.diffusion.convert import convert_model, convert_pipeline
 
     src, out = cache / "sd15-onnx", cache / f"sd15-{precision}"
     # the image: UNet at batch 1 (guidance's two halves one after the other: half the activations),
@@ -142,12 +142,12 @@ def worker(cache: Path, engine: str, task: str, precision: str, provider: str, s
             session.run(None, feeds)
             times.append(time.perf_counter() - start)
         return {"times": times, "peak_rss_mb": peak_rss_mb()}
-    from localllm.images.engine import Engine
-    from localllm.images.layout import StreamGraph
+    from localllm.diffusion.engine import Engine
+    from localllm.diffusion.layout import StreamGraph
 
     folder = cache / f"sd15-{precision}"
     if task == "vaetiled":  # the image's decoder: 4 x 4 blended tiles of 24 x 24 latents
-        from localllm.images.pipeline import StableDiffusion
+        from localllm.diffusion.pipeline import StableDiffusion
 
         sd = StableDiffusion(folder, provider)
         latents = inputs_for("vae")["latent_sample"] * np.float32(0.18215)
@@ -158,7 +158,7 @@ def worker(cache: Path, engine: str, task: str, precision: str, provider: str, s
         return {"times": times, "peak_rss_mb": peak_rss_mb(),
                 "engine_peak_mb": sd.peak_bytes["vae_decoder"] / 1e6}
     if task == "image":
-        from localllm.images.pipeline import StableDiffusion
+        from localllm.diffusion.pipeline import StableDiffusion
 
         sd = StableDiffusion(folder, provider)
         start = time.perf_counter()
@@ -179,8 +179,8 @@ def ort_image(src: Path, steps: int) -> dict:
     """The same image driven through onnxruntime: our tokenizer and scheduler, ORT sessions for the models."""
     import onnxruntime as ort
 
-    from localllm.images.schedulers import make_scheduler
-    from localllm.images.tokenizer import ClipTokenizer
+    from localllm.diffusion.schedulers import make_scheduler
+    from localllm.diffusion.tokenizer import ClipTokenizer
 
     start = time.perf_counter()
     tok = ClipTokenizer(src / "tokenizer")

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .llm.memory import default_budget, parse_size
+from .units import default_budget, parse_size
 
 DEFAULT_PORT = 11434
 

@@ -294,7 +294,7 @@ class _Checker:
                 raise _Refused(f"{head_key} is missing: a {self.arch} model needs attention heads")
             heads = [0] * n_layer
         kv_heads = self.per_layer("attention.head_count_kv", n_layer) or heads  # optional, defaults to head_count
-        for il, (n_head, n_head_kv) in enumerate(zip(heads, kv_heads)):
+        for il, (n_head, n_head_kv) in enumerate(zip(heads, kv_heads, strict=False)):
             where = f" (block {il})" if len(set(heads)) > 1 or len(set(kv_heads)) > 1 else ""
             if self.plain and n_head == 0:
                 raise _Refused(f"{head_key} is 0{where}: a {self.arch} model needs at least one attention head")
@@ -394,7 +394,7 @@ class _Checker:
                 length = len(self.md[other])
             if length is not None and length < n_tokens:  # src/llama-vocab.cpp:2483, 2501
                 raise _Refused(f"{other} has {length} entries for {n_tokens} tokens")
-        for name, special in _SPECIAL_TOKEN_KEYS.items():
+        for special in _SPECIAL_TOKEN_KEYS.values():
             value = self.md.get(special)
             if value is None:
                 continue

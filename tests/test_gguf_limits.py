@@ -25,8 +25,8 @@ from localllm.errors import InvalidModelFile
 from localllm.gguf_info import read_gguf
 from localllm.gguf_limits import LLAMA_MAX_EXPERTS, LLAMA_MAX_LAYERS, check_hyperparameters
 from localllm.llm.prompts import check_template
-from localllm.modelfile.create import CreateSpec, ModelCreator
 from localllm.names import ModelName
+from localllm.services.create import CreateSpec, ModelCreator
 from localllm.store.manifests import FILENAME_ANNOTATION, Manifest, MediaType
 from localllm.store.models import ModelStore
 

@@ -6,15 +6,15 @@ import datetime
 
 import pytest
 
-from localllm.modelfile.gotemplate import (
+from localllm.gotemplate import (
     GoStruct,
     GoTemplateError,
     GoTemplateExecError,
     GoTemplateSyntaxError,
     go_json,
-    looks_like_go_template,
     parse,
 )
+from localllm.llm.templates import looks_like_go_template
 
 
 def run(source: str, data: object = None, **limits: int) -> str:

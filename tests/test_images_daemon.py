@@ -138,7 +138,7 @@ def test_pulled_model_is_listed_shown_copied_and_removed(images_daemon: Daemon) 
 def test_catalog_name_pulls_with_its_defaults(images_daemon: Daemon, module_hub: FakeHub,
                                               tiny_sd_onnx: Path) -> None:
     """``sd-turbo`` is a Hub repository plus defaults: 1 step, no guidance, 512 x 512."""
-    from localllm.store.image_pull import IMAGE_CATALOG
+    from localllm.images.pull import IMAGE_CATALOG
 
     publish_tiny_sd(module_hub, tiny_sd_onnx, IMAGE_CATALOG["sd-turbo"].repo_id)
     assert pull_events(images_daemon, "sd-turbo")[-1] == {"status": "success"}

@@ -125,7 +125,7 @@ def test_a_model_that_aborts_llama_cpp_costs_only_its_requests_and_is_then_repor
     blob = next(path for path in blobs if path.stat().st_size == good.stat().st_size)
     blob.write_bytes(bad.read_bytes())
 
-    for attempt in range(2):
+    for _attempt in range(2):
         response = generate(daemon, "victim", "hello")
         assert response.status_code == 422, response.text
         error = response.json()["error"]

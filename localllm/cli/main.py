@@ -113,9 +113,11 @@ def human_processor(size: int, size_vram: int) -> str:
 
 # --- commands ---------------------------------------------------------------
 def cmd_serve(_args: argparse.Namespace) -> None:
-    from ..server import serve
-
-    serve()
+    """The daemon is its own program, ``python -m localllm.server``: the CLI starts it in its place (same
+    process id, same terminal, Ctrl-C reaches it), and never imports the server itself."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "localllm.server"])
 
 
 def cmd_pull(args: argparse.Namespace) -> None:

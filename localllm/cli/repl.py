@@ -13,21 +13,13 @@ from rich.console import Console
 from ..client import Client
 from ..config import get_settings
 from ..errors import ApiError, LocalLLMError
+from ..llm.options import parse_option
 from .progress import show_pull
 from .render import WordWrap, print_model_info, print_stats
 
 PROMPT = ">>> "
 CONTINUATION = "... "
 QUOTES = '"""'
-
-INT_PARAMETERS = frozenset(
-    "num_keep seed num_predict top_k repeat_last_n mirostat num_ctx num_batch num_gpu main_gpu num_thread".split()
-)
-FLOAT_PARAMETERS = frozenset(
-    "top_p min_p typical_p tfs_z temperature repeat_penalty presence_penalty frequency_penalty "
-    "mirostat_tau mirostat_eta".split()
-)
-BOOL_PARAMETERS = frozenset("use_mmap use_mlock numa penalize_newline".split())
 
 HELP = f"""Available Commands:
   /set            Set session variables
@@ -228,23 +220,6 @@ def unquote(text: str) -> str:
     return text
 
 
-def parse_parameter(name: str, value: str) -> Any:
-    """A ``/set parameter`` value as the type the option has; ``ValueError`` speaks to the person."""
-    try:
-        if name in INT_PARAMETERS:
-            return int(value)
-        if name in FLOAT_PARAMETERS:
-            return float(value)
-    except ValueError:
-        kind = "a whole number" if name in INT_PARAMETERS else "a number"
-        raise ValueError(f"{name} must be {kind}, not '{value}'") from None
-    if name in BOOL_PARAMETERS:
-        if value.lower() not in ("true", "false"):
-            raise ValueError(f"{name} must be true or false, not '{value}'")
-        return value.lower() == "true"
-    raise ValueError(f"unknown parameter '{name}'")
-
-
 # --- the REPL -------------------------------------------------------------------
 class Repl:
     """The interactive loop: messages go to the model, ``/commands`` change the session."""
@@ -375,7 +350,7 @@ class Repl:
             print(f"Set parameter 'stop' to {', '.join(repr(s) for s in stops)}")
             return
         try:
-            self.session.options[name] = parse_parameter(name, " ".join(values))
+            self.session.options[name] = parse_option(name, " ".join(values))
         except ValueError as exc:
             print(f"Couldn't set parameter: {exc}")
             return

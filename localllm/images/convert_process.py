@@ -105,7 +105,7 @@ def main(argv: list[str]) -> None:
             out.flush()
 
     try:
-        from .convert import convert_pipeline
+        from ..diffusion.convert import convert_pipeline
 
         w, h = int(width), int(height)
         if not w or not h:

@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..diffusion.schedulers import NAMES as SCHEDULERS
 from ..errors import InvalidRequest
-from ..store.manifests import Layer, MediaType
-from .schedulers import NAMES as SCHEDULERS
 
 PARAMETERS: dict[str, type] = {
     "steps": int,
@@ -27,14 +26,6 @@ SIZE_MULTIPLE = 64
 MAX_STEPS = 150
 MAX_GUIDANCE = 50.0
 PRECISIONS = ("fp32", "fp16", "uint8")  # convert.PRECISIONS, without importing onnx here
-
-
-def modelfile_parameters(layers: list[Layer] | None) -> dict[str, type] | None:
-    """The PARAMETER names an image model adds to a Modelfile's, given the base's layers (None: the base
-    is not here yet, so any kind's names may come)."""
-    if layers is None or any(layer.media_type == MediaType.IMAGE_FILE for layer in layers):
-        return dict(PARAMETERS)
-    return None
 
 
 def parameter_names() -> list[str]:

@@ -23,19 +23,18 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from .. import errors
 from ..errors import LocalLLMError, ServerBusy
-from ..store import image_models
-from ..store.image_models import ImageModel
+from ..llm.residency import Residency, ResidentPool
 from ..store.models import ModelStore
+from . import models as image_models
+from .models import ImageModel
 from .params import ImageSettings
 
 log = logging.getLogger(__name__)
-FOREVER = float("inf")
 START_TIMEOUT = 60.0
 MIB = 1 << 20
 
@@ -71,19 +70,13 @@ class WorkerHandle:
     proc: asyncio.subprocess.Process | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: int = 0
-    expires_at: float = FOREVER
-    last_used: float = field(default_factory=time.monotonic)
+    residency: Residency = field(default_factory=Residency)
     next_id: int = 0
     resident: bool = False  # counted in the budget (from the reservation until it stops)
 
     @property
-    def busy(self) -> bool:
-        return self.lock.locked() or self.waiting > 0
-
-    def expires_wallclock(self) -> datetime:
-        if self.expires_at == FOREVER:
-            return datetime(2318, 1, 1, tzinfo=UTC)
-        return datetime.now(UTC) + timedelta(seconds=max(0.0, self.expires_at - time.monotonic()))
+    def idle(self) -> bool:
+        return not (self.lock.locked() or self.waiting > 0)
 
     async def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -130,7 +123,7 @@ class WorkerHandle:
             await proc.wait()
 
 
-class ImageService:
+class ImageService(ResidentPool[WorkerHandle]):
     def __init__(self, store: ModelStore, scheduler: Any, *, default_keep_alive: float = 300.0,
                  max_queue: int = 512) -> None:
         self.store = store
@@ -139,25 +132,16 @@ class ImageService:
         self.max_queue = max_queue
         self._workers: dict[str, WorkerHandle] = {}
         self._converting: dict[Path, asyncio.Lock] = {}
-        self._reaper: asyncio.Task | None = None
-        scheduler.tenants.append(self)
+        scheduler.tenants.append(self)  # the scheduler's budget counts and evicts this pool's residents too
 
-    # --- the budget's view (Tenant) ------------------------------------------
-    def resident_memory(self) -> int:
-        return sum(w.memory for w in self._workers.values() if w.resident)
+    # --- residents (ResidentPool) ----------------------------------------------
+    def residents(self) -> list[WorkerHandle]:
+        return [w for w in self._workers.values() if w.resident]
 
-    def resident_count(self) -> int:
-        return sum(1 for w in self._workers.values() if w.resident)
-
-    async def evict_idle(self) -> bool:
-        idle = [w for w in self._workers.values() if w.resident and not w.busy]
-        if not idle:
-            return False
-        await self._stop(min(idle, key=lambda w: w.last_used))
-        return True
-
-    def running(self) -> list[WorkerHandle]:
-        return sorted((w for w in self._workers.values() if w.resident), key=lambda w: w.last_used, reverse=True)
+    async def retire(self, handle: WorkerHandle) -> None:
+        await handle.stop()
+        self.scheduler.notify_idle()
+        log.info("stopped the image worker of %s", handle.model.entry.name.display)
 
     # --- folders ---------------------------------------------------------------
     async def folder_for(self, model: ImageModel, settings: ImageSettings) -> Path:
@@ -218,7 +202,7 @@ class ImageService:
                 event = await handle.read()
                 if event is None:
                     finished = True
-                    await self._stop(handle)
+                    await self.retire(handle)
                     raise LocalLLMError("the image worker exited during the job")
                 if event.get("id") != job_id:
                     continue  # the end of an earlier, cancelled job
@@ -240,12 +224,9 @@ class ImageService:
         finally:
             if not finished:  # nobody waits for this job any more: the worker stops it at its next step
                 handle.send({"cancel": job_id})
-            handle.last_used = time.monotonic()
-            ka = self.default_keep_alive if keep_alive is None else keep_alive
-            handle.expires_at = FOREVER if ka < 0 else time.monotonic() + ka
             handle.lock.release()
             self.scheduler.notify_idle()
-            if ka == 0:
+            if self.used(handle, keep_alive):  # keep_alive 0: stopped now, outside this closing generator
                 asyncio.get_running_loop().create_task(self._stop_if_idle(handle))
 
     async def _ensure_running(self, handle: WorkerHandle, settings: ImageSettings) -> int:
@@ -259,7 +240,7 @@ class ImageService:
             return 0
         start = time.monotonic_ns()
         if handle.resident:  # it died: its old reservation goes before the new one is made
-            await self._stop(handle)
+            await self.retire(handle)
         await self.scheduler.reserve(label, need)
         handle.memory, handle.resident = need, True  # counted from here, before the process starts
         try:
@@ -274,14 +255,9 @@ class ImageService:
                  need // MIB)
         return time.monotonic_ns() - start
 
-    async def _stop(self, handle: WorkerHandle) -> None:
-        await handle.stop()
-        self.scheduler.notify_idle()
-        log.info("stopped the image worker of %s", handle.model.entry.name.display)
-
     async def _stop_if_idle(self, handle: WorkerHandle) -> None:
-        if handle.resident and not handle.busy:
-            await self._stop(handle)
+        if handle.resident and handle.idle:
+            await self.retire(handle)
 
     async def unload(self, model: ImageModel) -> None:
         """Stop the model's worker now if it is idle (a request with ``keep_alive: 0`` and no prompt)."""
@@ -291,21 +267,12 @@ class ImageService:
 
     # --- housekeeping ----------------------------------------------------------
     def start(self) -> None:
-        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+        self.start_reaper()
 
     async def stop(self) -> None:
-        if self._reaper:
-            self._reaper.cancel()
+        await self.stop_reaper()
         for handle in list(self._workers.values()):
             await handle.stop()
-
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            now = time.monotonic()
-            for handle in list(self._workers.values()):
-                if handle.resident and not handle.busy and handle.expires_at <= now:
-                    await self._stop(handle)
 
 
 def _error(event: dict[str, Any]) -> LocalLLMError:

@@ -68,14 +68,14 @@ class Worker:
         self.cancelled.add(-1)  # any running job: nobody is listening any more
 
     def pipeline(self, folder: str) -> Any:
-        from localllm.images.pipeline import StableDiffusion
+        from localllm.diffusion.pipeline import StableDiffusion
 
         if folder not in self.pipelines:
             self.pipelines = {folder: StableDiffusion(folder, PROVIDER)}  # one model per worker
         return self.pipelines[folder]
 
     def run(self, job_id: int, job: dict[str, Any]) -> None:
-        from localllm.images.pipeline import to_uint8
+        from localllm.diffusion.pipeline import to_uint8
 
         start = time.perf_counter()
         sd = self.pipeline(job["folder"])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from .facts import ModelFacts
 from .options import Options
-from .scheduler import ModelFacts, Scheduler
+from .scheduler import Scheduler
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """One generation from start to end, for any API face: lease a runner, build the
-prompt, stream the answer, gather Ollama's timings, parse tool calls.
+prompt, stream the answer, gather Ollama's timings, parse tool calls; ``n`` choices
+side by side; prompts scored without generating.
 
 The native and the OpenAI-compatible APIs both shape what this yields; they
 do not talk to the runner or the scheduler themselves.
@@ -7,6 +8,7 @@ do not talk to the runner or the scheduler themselves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -15,11 +17,12 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .facts import ModelFacts
 from .grammar import grammar_for
 from .options import Options
 from .protocol import PromptBuilt, PromptSpec
-from .requests import CompletionRequest, Finished, Piece, Sampling
-from .scheduler import ModelFacts, Scheduler
+from .requests import CompletionRequest, Finished, Piece, Sampling, TokenLogprob
+from .scheduler import Scheduler
 from .tools import ToolCallStream
 
 
@@ -198,3 +201,61 @@ async def generate(
         context=finished.context + finished.output_tokens,
         tool_calls=calls,
     )
+
+
+Event = Piece | ToolCalls | Outcome
+
+
+async def choices(count: int, start: Callable[[int], AsyncIterator[Event]], *, together: bool,
+                  ) -> AsyncIterator[tuple[int, Event]]:
+    """``count`` generations (``start(index)`` begins one), each event tagged with its index: side by side
+    (the engine batches them), or one after another when ``together`` is false. A seeded request asks for
+    the latter: what else shares a batch changes the logits' last bits, and a seed promises the same answers."""
+    if count == 1 or not together:
+        for index in range(count):
+            async with aclosing(start(index)) as events:
+                async for item in events:
+                    yield index, item
+        return
+    queue: asyncio.Queue[tuple[int, Event | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int) -> None:
+        try:
+            async with aclosing(start(index)) as events:
+                async for item in events:
+                    await queue.put((index, item))
+        except Exception as exc:  # handed to the reader, which raises it
+            await queue.put((index, exc))
+        finally:
+            await queue.put((index, None))
+
+    tasks = [asyncio.create_task(pump(index)) for index in range(count)]
+    try:
+        running = count
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def score(
+    scheduler: Scheduler,
+    facts: ModelFacts,
+    prompts: list[PromptSpec],
+    *,
+    options: Options,
+    keep_alive: float | None,
+    logprobs: int,
+) -> list[tuple[list[TokenLogprob], str | None]]:
+    """Each prompt's own tokens with their log-probabilities (``logprobs`` alternatives each) and, when the
+    spec asks for its echo, the prompt's text; nothing is generated (lm-eval-style scoring)."""
+    async with scheduler.lease(facts, facts.params.merged(options), keep_alive=keep_alive) as (runner, _):
+        return [await runner.score(prompt, logprobs) for prompt in prompts]

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import TemplateError
-from ..modelfile.gotemplate import GoStruct, GoTemplate, GoTemplateError, GoTemplateSyntaxError, parse
+from ..gotemplate import GoStruct, GoTemplate, GoTemplateError, GoTemplateSyntaxError, parse
 from .templates import ProbedTemplate
 
 __all__ = ["GoChatTemplate", "collate", "message_struct", "tool_struct"]

@@ -8,16 +8,10 @@ buffers and logits take the rest, estimated generously.
 
 from __future__ import annotations
 
-import os
-import re
-
 from ..gguf_info import GGUFInfo
 
 F16 = 2
 OVERHEAD = 96 * 1024 * 1024
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
 
 
 def _number(info: GGUFInfo, key: str, default: int) -> int:
@@ -46,30 +40,6 @@ def estimate(info: GGUFInfo, weights_bytes: int, n_ctx: int, n_parallel: int, n_
     logits = 64 * vocab * 4  # the logits rows kept per batch (engine.py: n_outputs)
     return (weights_bytes + kv_bytes_per_token(info) * n_ctx * n_parallel
             + attention_scores_bytes(info, n_batch, n_ctx) + logits + OVERHEAD)
-
-
-def machine_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
-        return 8 * 1024**3
-
-
-def default_budget() -> int:
-    """Three quarters of the machine's RAM: room for the OS, the daemon and the page cache."""
-    return machine_memory() * 3 // 4
-
-
-def parse_size(text: str | int | None) -> int | None:
-    """``"16GiB"``, ``"8 GB"``, ``"512m"`` or a number of bytes; empty means the default."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, int):
-        return text
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"not a size: {text!r} (use e.g. 16GiB, 8GB or a number of bytes)")
-    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
 
 
 def gib(value: int) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+import types
+import typing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -124,3 +126,70 @@ def parse_keep_alive(value: Any, default: float = DEFAULT_KEEP_ALIVE) -> float:
         if parts and "".join(v + u for v, u in parts) == body:
             return sign * sum(float(v) * _UNIT[u] for v, u in parts)
     raise InvalidRequest(f"invalid keep_alive {value!r}: use a duration like '5m', '1h' or '-1', or seconds")
+
+
+_TRUE = {"1", "t", "true"}
+_FALSE = {"0", "f", "false"}
+
+
+def option_kinds() -> dict[str, type]:
+    """Each option's scalar type (``stop``: ``list``, of strings), for typing the text of a Modelfile's
+    ``PARAMETER`` or of the REPL's ``/set parameter``."""
+    kinds: dict[str, type] = {}
+    for name, info in Options.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+            annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+        kinds[name] = list if typing.get_origin(annotation) is list else annotation
+    return kinds
+
+
+def convert_option(name: str, value: Any, kind: type) -> Any:
+    """``value`` (text, or JSON) as ``kind``; ``ValueError`` says what the option takes."""
+    if kind is list:
+        return str(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if kind is bool:
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError(f"{name} takes true or false, not {value!r}")
+        if kind is int:
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"{name} takes a whole number, not {value!r}") from None
+        if kind is float:
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"{name} takes a number, not {value!r}") from None
+        return text
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"{name} takes true or false, not {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{name} takes a whole number, not {value!r}")
+    if kind is float and not isinstance(value, float):
+        raise ValueError(f"{name} takes a number, not {value!r}")
+    return value
+
+
+def parse_option(name: str, text: str) -> Any:
+    """One option given as text (``/set parameter temperature 0.7``), typed and bounds-checked;
+    ``ValueError`` speaks to the person."""
+    kinds = option_kinds()
+    if name not in kinds:
+        raise ValueError(f"unknown parameter '{name}'")
+    value = convert_option(name, text, kinds[name])
+    value = [value] if kinds[name] is list else value
+    try:
+        Options(**{name: value})
+    except ValidationError as exc:
+        raise ValueError(f"{name}: {exc.errors()[0]['msg']} (got {text!r})") from None
+    return value

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .facts import ModelFacts
 from .go_chat import GoChatTemplate
 from .protocol import PromptSpec
-from .scheduler import ModelFacts
 from .templates import ChatTemplate, looks_like_go_template
 
 

@@ -141,7 +141,9 @@ class RunnerProcess:
         return self.proc.returncode is None and self.exit_description is None
 
     # --- work --------------------------------------------------------------------------------------
-    async def complete(self, spec: PromptSpec, request: CompletionRequest) -> AsyncIterator[PromptBuilt | Piece | Finished]:
+    async def complete(
+        self, spec: PromptSpec, request: CompletionRequest
+    ) -> AsyncIterator[PromptBuilt | Piece | Finished]:
         """A completion's events: the built prompt, text pieces, then one Finished. Closing the iterator
         early cancels it in the runner."""
         self._completions += 1

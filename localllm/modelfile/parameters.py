@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import difflib
 import logging
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..llm.options import Options
+from ..llm.options import Options, convert_option, option_kinds
 from .parser import ModelfileError, Parameter
 
 __all__ = ["LEGACY", "typed_parameters"]
@@ -21,56 +19,6 @@ log = logging.getLogger(__name__)
 # accepted and dropped, so those Modelfiles create as written.
 LEGACY = frozenset({"num_gqa", "rope_frequency_base", "rope_frequency_scale", "gqa", "embedding_only",
                     "num_gpu_layers", "n_gpu_layers"})
-_TRUE = {"1", "t", "true"}
-_FALSE = {"0", "f", "false"}
-
-
-def _kinds(extra: Mapping[str, type] | None) -> dict[str, type]:
-    """Each known option's scalar type (``stop`` is a list of strings)."""
-    kinds: dict[str, type] = {}
-    for name, info in Options.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-            annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
-        kinds[name] = list if typing.get_origin(annotation) is list else annotation
-    return {**kinds, **(extra or {})}
-
-
-def _convert(name: str, value: Any, kind: type) -> Any:
-    if kind is list:
-        return str(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if kind is bool:
-            if text.lower() in _TRUE:
-                return True
-            if text.lower() in _FALSE:
-                return False
-            raise ValueError(f"{name} takes true or false, not {value!r}")
-        if kind is int:
-            try:
-                return int(text)
-            except ValueError:
-                raise ValueError(f"{name} takes a whole number, not {value!r}") from None
-        if kind is float:
-            try:
-                return float(text)
-            except ValueError:
-                raise ValueError(f"{name} takes a number, not {value!r}") from None
-        return text
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is bool and not isinstance(value, bool):
-        raise ValueError(f"{name} takes true or false, not {value!r}")
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError(f"{name} takes a whole number, not {value!r}")
-    if kind is float and not isinstance(value, float):
-        raise ValueError(f"{name} takes a number, not {value!r}")
-    return value
-
-
 def typed_parameters(
     parameters: Iterable[Parameter] | Mapping[str, Any], *, extra: Mapping[str, type] | None = None
 ) -> dict[str, Any]:
@@ -79,7 +27,7 @@ def typed_parameters(
     ``parameters`` are a Modelfile's ``PARAMETER`` lines, or ``/api/create``'s ``parameters`` object (where a
     list value repeats the name). ``extra`` adds names the model kind knows beyond the text options (image
     models' ``steps``, ``width``, ...). Raises :class:`ModelfileError` naming the line and the valid names."""
-    kinds = _kinds(extra)
+    kinds = {**option_kinds(), **(extra or {})}
     items: list[Parameter | tuple[str, Any, None]] = []
     if isinstance(parameters, Mapping):
         for name, value in parameters.items():
@@ -100,7 +48,7 @@ def typed_parameters(
                 f"unknown parameter {name!r}{hint}; valid parameters are: {', '.join(sorted(kinds))}", line
             )
         try:
-            converted = _convert(key, value, kinds[key])
+            converted = convert_option(key, value, kinds[key])
         except ValueError as exc:
             raise ModelfileError(f"invalid PARAMETER value: {exc}", line) from None
         if kinds[key] is list:

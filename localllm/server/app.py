@@ -13,15 +13,16 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..config import Settings, get_settings, is_loopback_host
-from ..images.params import modelfile_parameters
+from ..images import models as image_models
+from ..images.pull import ImagePulls
 from ..images.service import ImageService
 from ..llm.options import parse_keep_alive
 from ..llm.scheduler import Scheduler
 from ..metrics import Metrics
-from ..modelfile.create import ModelCreator
-from ..store import image_models
+from ..services.create import ModelCreator, image_parameter_kinds
+from ..store.gguf_pull import GGUFPulls
 from ..store.models import ModelStore
-from ..store.registry import Puller
+from ..store.pull import Puller
 from . import images_api, ollama_api, ollama_inference, openai_api
 from .errors import install_error_handlers
 from .middleware import EdgeMiddleware, JsonBodyMiddleware, RequestMetricsMiddleware, origin_regex
@@ -79,8 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
-    app.state.puller = Puller(store, settings)
-    app.state.creator = ModelCreator(store, app.state.puller, parameter_kinds=modelfile_parameters)
+    app.state.puller = Puller(store, settings, kinds=[ImagePulls(), GGUFPulls()])  # specific kinds first
+    app.state.creator = ModelCreator(store, app.state.puller, parameter_kinds=image_parameter_kinds)
     app.state.scheduler = scheduler
     app.state.metrics = metrics
     app.state.images = images

@@ -23,17 +23,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import InvalidRequest, LocalLLMError, NotFound, UnsupportedInput
+from ..errors import InvalidRequest, NotFound, UnsupportedInput
+from ..images import models as image_models
+from ..images.models import ImageModel
 from ..images.params import ImageSettings, parse_size, resolve
 from ..images.service import ImageService, Progress, Result
 from ..names import ModelName
-from ..store import image_models
-from ..store.image_models import ImageModel
-from .streaming import ClientGone, ClosingStreamingResponse, first_event, ndjson, until_disconnected
+from .streaming import ClientGone, first_event, ndjson_response, until_disconnected
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-NDJSON = "application/x-ndjson"
 MAX_N = 4
 FILES_PATH = "/v1/images/files/"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
@@ -112,15 +111,10 @@ async def generate_image(request: Request, model: ImageModel, body: Any, keep_al
                 while item is not None:
                     yield shape(item)
                     item = await anext(events, None)
-            except LocalLLMError as exc:
-                yield {"error": exc.message}
-            except Exception as exc:
-                log.exception("image generation failed mid-stream")
-                yield {"error": f"internal error: {type(exc).__name__}"}
             finally:
                 await events.aclose()
 
-        return ClosingStreamingResponse(ndjson(lines()), media_type=NDJSON)
+        return ndjson_response(request, lines())
 
     async def gather() -> dict[str, Any]:
         item: Progress | Result = first

@@ -21,7 +21,9 @@ def _text_size(value: Any) -> int:
     return 0
 
 
-def check_size(request: Request, *, items: Iterable[Any] = (), texts: Iterable[Any] = (), param: str = "messages") -> None:
+def check_size(
+    request: Request, *, items: Iterable[Any] = (), texts: Iterable[Any] = (), param: str = "messages"
+) -> None:
     """Refuse more messages (or inputs) than ``LOCALLLM_MAX_MESSAGES``, or more characters of text than
     ``LOCALLLM_MAX_PROMPT`` (images are bounded by the body size instead)."""
     settings = request.app.state.settings

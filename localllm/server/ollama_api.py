@@ -10,18 +10,17 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..errors import InvalidRequest
-from ..modelfile.create import CreateSpec, ModelCreator, spec_from_modelfile
+from ..images import models as image_models
 from ..names import ModelName
-from ..store import image_models
+from ..services.create import CreateSpec, ModelCreator, spec_from_modelfile
+from ..services.show import list_entry, show
 from ..store.blobs import DIGEST_PATTERN, parse_digest
-from ..store.describe import list_entry, show
 from ..store.models import ModelStore
-from ..store.registry import Puller
+from ..store.pull import Puller
 from .schemas import CopyRequest, CreateRequest, DeleteRequest, PullRequest, ShowRequest
-from .streaming import ClosingStreamingResponse, Event, events_from_thread, ndjson
+from .streaming import Event, events_from_thread, ndjson_response
 
 router = APIRouter()
-NDJSON = "application/x-ndjson"
 DIGEST = Path(description="sha256:<64 hex digits>", json_schema_extra={"pattern": f"^{DIGEST_PATTERN.pattern}$"})
 
 
@@ -86,7 +85,7 @@ async def pull(body: PullRequest, request: Request) -> Response:
         async for event in events_from_thread(lambda emit: puller.execute(plan, emit)):
             yield event
 
-    return ClosingStreamingResponse(ndjson(events()), media_type=NDJSON)
+    return ndjson_response(request, events())
 
 
 @router.post("/api/create")
@@ -107,8 +106,7 @@ async def create(body: CreateRequest, request: Request) -> Response:
     if not body.stream:
         await run_in_threadpool(creator.create, prepared, lambda _event: None)
         return JSONResponse({"status": "success"})
-    return ClosingStreamingResponse(ndjson(events_from_thread(lambda emit: creator.create(prepared, emit))),
-                                    media_type=NDJSON)
+    return ndjson_response(request, events_from_thread(lambda emit: creator.create(prepared, emit)))
 
 
 @router.delete("/api/delete")

@@ -12,24 +12,24 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import LocalLLMError, UnsupportedInput
+from ..errors import UnsupportedInput
 from ..llm.embedding import embed
+from ..llm.facts import ModelFacts
 from ..llm.generation import Outcome, ToolCalls, generate, load_only
 from ..llm.grammar import grammar_for
 from ..llm.options import parse_keep_alive, parse_options
 from ..llm.prompts import chat_spec, generate_spec
 from ..llm.requests import Piece
-from ..llm.scheduler import ModelFacts, Scheduler
+from ..llm.scheduler import Scheduler
 from ..names import ModelName
-from ..store.describe import details
+from ..services.show import details
 from .images_api import generate_image, image_model
 from .limits import check_size
 from .schemas import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, template_messages
-from .streaming import ClientGone, ClosingStreamingResponse, first_event, ndjson, until_disconnected
+from .streaming import ClientGone, first_event, ndjson_response, until_disconnected
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-NDJSON = "application/x-ndjson"
 
 
 def _scheduler(request: Request) -> Scheduler:
@@ -74,15 +74,10 @@ async def _respond(
                     else:
                         yield chunk(item.text)
                     item = await anext(events, None)
-            except LocalLLMError as exc:  # after the status line went out: an error line, as Ollama
-                yield {"error": exc.message}
-            except Exception as exc:  # never a cut connection without a word
-                log.exception("generation failed mid-stream")
-                yield {"error": f"internal error: {type(exc).__name__}"}
             finally:
                 await events.aclose()
 
-        return ClosingStreamingResponse(ndjson(lines()), media_type=NDJSON)
+        return ndjson_response(request, lines())
 
     async def gather() -> dict[str, Any]:
         pieces: list[str] = []
@@ -238,9 +233,10 @@ async def ps_route(request: Request) -> dict[str, Any]:
 
     for loaded in _scheduler(request).running():
         entry = loaded.facts.entry
-        add(entry, loaded.memory or entry.manifest.total_size, loaded.expires_wallclock(), loaded.runner.n_ctx)
+        expires = loaded.residency.expires_wallclock()
+        add(entry, loaded.memory or entry.manifest.total_size, expires, loaded.runner.n_ctx)
     for worker in request.app.state.images.running():  # image workers, in the same budget
-        add(worker.model.entry, worker.memory, worker.expires_wallclock(), 0)
+        add(worker.model.entry, worker.memory, worker.residency.expires_wallclock(), 0)
     for facts, error in _scheduler(request).broken_models():  # not loaded, and will not be until created again
         add(facts.entry, 0, datetime.now(UTC), 0)
         merged[facts.entry.name.display].update(status="broken", error=error)

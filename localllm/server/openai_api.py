@@ -1,37 +1,29 @@
-"""The OpenAI-compatible face: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
-``/v1/models``. Responses and SSE chunks are shaped exactly as OpenAI's, so the official client
-works unmodified; the generation itself is the same as the native API's (``llm.generation``).
+"""The OpenAI-compatible face's routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+``/v1/models``. Each route translates: the request in (``openai_convert``), the generation
+(``llm.generation``, the same as the native API's), the response out (``openai_shape``), so the official
+client works unmodified.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import json
-import logging
-import secrets
-import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__
-from ..errors import ContextLengthExceeded, InvalidRequest, LocalLLMError, TemplateError, UnsupportedInput
+from ..errors import ContextLengthExceeded, InvalidRequest, TemplateError, UnsupportedInput
 from ..llm.embedding import embed
-from ..llm.generation import Outcome, ToolCalls, generate
+from ..llm.facts import ModelFacts
+from ..llm.generation import Event, choices, generate, score
 from ..llm.options import Options, parse_keep_alive, parse_options
 from ..llm.prompts import chat_spec
 from ..llm.protocol import PromptBuilt, PromptSpec
-from ..llm.requests import Piece, TokenLogprob
-from ..llm.scheduler import ModelFacts, Scheduler
+from ..llm.requests import TokenLogprob
+from ..llm.scheduler import Scheduler
 from ..names import MODEL_NAME_PATTERN, ModelName
-from .errors import error_of, openai_error
+from .limits import check_size
 from .openai_convert import (
     logit_bias_of,
     options_of,
@@ -40,14 +32,11 @@ from .openai_convert import (
     tool_plan,
     with_seed,
 )
-from .limits import check_size
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from .streaming import ClientGone, ClosingStreamingResponse, first_event, until_disconnected
+from .openai_shape import ChatReply, CompletionReply, Events, embedding_list, model_object
+from .streaming import ClientGone, first_event, sse_response, until_disconnected
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible API"])
-FINGERPRINT = f"fp_localllm_{__version__}"
-Events = AsyncIterator[tuple[int, Piece | ToolCalls | Outcome]]
 
 
 def _scheduler(request: Request) -> Scheduler:
@@ -74,53 +63,6 @@ def _keep_alive(value: Any) -> float | None:
         raise
 
 
-def _finish_reason(outcome: Outcome) -> str:
-    if outcome.tool_calls:
-        return "tool_calls"
-    return "length" if outcome.reason == "length" else "stop"
-
-
-async def _choices(
-    count: int, start: Callable[[int], AsyncIterator[Piece | ToolCalls | Outcome]], *, together: bool
-) -> Events:
-    """``n`` choices, each event tagged with its index: side by side (the engine batches them), or one after
-    another when ``together`` is false. A seeded request takes the latter: what else shares a batch changes
-    the logits' last bits, and a seed promises the same answers."""
-    if count == 1 or not together:
-        for index in range(count):
-            async with aclosing(start(index)) as events:
-                async for item in events:
-                    yield index, item
-        return
-    queue: asyncio.Queue[tuple[int, Piece | ToolCalls | Outcome | BaseException | None]] = asyncio.Queue()
-
-    async def pump(index: int) -> None:
-        try:
-            async with aclosing(start(index)) as events:
-                async for item in events:
-                    await queue.put((index, item))
-        except Exception as exc:  # handed to the reader, which raises it
-            await queue.put((index, exc))
-        finally:
-            await queue.put((index, None))
-
-    tasks = [asyncio.create_task(pump(index)) for index in range(count)]
-    try:
-        running = count
-        while running:
-            index, item = await queue.get()
-            if item is None:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield index, item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 async def _primed(request: Request, events: Events, prompt_param: str) -> Events:
     """Start the generation before the response: loading and prompt errors keep their HTTP status.
     Raises ClientGone if the client leaves first."""
@@ -141,85 +83,6 @@ async def _primed(request: Request, events: Events, prompt_param: str) -> Events
     return rest()
 
 
-def _sse(request: Request, chunks: AsyncIterator[dict[str, Any]]) -> Response:
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in chunks:
-                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-        except LocalLLMError as exc:  # the status line is gone: an error event, as OpenAI sends
-            yield b"data: " + json.dumps(error_of(request.url.path, exc)).encode() + b"\n\n"
-        except Exception as exc:
-            log.exception("generation failed mid-stream")
-            body = openai_error(500, f"internal error: {type(exc).__name__}")
-            yield b"data: " + json.dumps(body).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
-
-    return ClosingStreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-@dataclass
-class _Choice:
-    index: int
-    text: str
-    logprobs: list[TokenLogprob]
-    outcome: Outcome
-
-
-async def _gather(events: Events) -> list[_Choice]:
-    """Every choice whole, in order, for a response that is not streamed."""
-    texts: dict[int, list[str]] = {}
-    logprobs: dict[int, list[TokenLogprob]] = {}
-    choices = []
-    async with aclosing(events):
-        async for index, item in events:
-            if isinstance(item, Piece):
-                texts.setdefault(index, []).append(item.text)
-                logprobs.setdefault(index, []).extend(item.logprobs or [])
-            elif isinstance(item, Outcome):  # it holds the tool calls too
-                choices.append(_Choice(index, "".join(texts.get(index, [])), logprobs.get(index, []), item))
-    return sorted(choices, key=lambda choice: choice.index)
-
-
-class _Counter:
-    """Tokens used over all choices (the prompt once per distinct prompt, as OpenAI counts)."""
-
-    def __init__(self) -> None:
-        self.prompt: dict[int, int] = {}
-        self.completion = 0
-
-    def add(self, prompt_key: int, outcome: Outcome) -> None:
-        self.prompt[prompt_key] = outcome.prompt_eval_count
-        self.completion += outcome.eval_count
-
-    def usage(self) -> dict[str, int]:
-        return _usage(sum(self.prompt.values()), self.completion)
-
-
-# --- logprobs shapes -------------------------------------------------------------
-def _chat_logprob(item: TokenLogprob) -> dict[str, Any]:
-    return {
-        "token": item.token, "logprob": item.logprob, "bytes": list(item.bytes),
-        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(b)} for t, b, lp in item.top],
-    }
-
-
-def _legacy_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
-    """The completions API's older shape: parallel lists and character offsets into the choice's text."""
-    tokens, logprobs, tops, offsets = [], [], [], []
-    for item in items:
-        tokens.append(item.token)
-        logprobs.append(item.logprob)
-        tops.append(None if item.logprob is None else {t: lp for t, _b, lp in item.top})
-        offsets.append(offset)
-        offset += len(item.token)
-    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
-
-
 # --- /v1/chat/completions --------------------------------------------------------
 @router.post("/chat/completions", summary="Create a chat completion")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -237,7 +100,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 
     prompt = chat_spec(facts, messages, plan.tools)
 
-    def start(index: int) -> AsyncIterator[Piece | ToolCalls | Outcome]:
+    def start(index: int) -> AsyncIterator[Event]:
         return generate(
             _scheduler(request), facts, options=with_seed(options, index), keep_alive=_keep_alive(body.keep_alive),
             prompt=prompt, grammar=grammar, tools=plan.tools, calls_are_json=plan.forced,
@@ -245,79 +108,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         )
 
     try:
-        events = await _primed(request, _choices(body.n, start, together=body.seed is None), "messages")
+        events = await _primed(request, choices(body.n, start, together=body.seed is None), "messages")
     except ClientGone:
         return Response(status_code=499)
-    reply = _ChatReply(body, logprobs is not None)
+    reply = ChatReply(body, logprobs is not None)
     if body.stream:
-        return _sse(request, reply.chunks(events))
+        return sse_response(request, reply.chunks(events))
     return JSONResponse(await until_disconnected(request, reply.whole(events)))
-
-
-class _ChatReply:
-    def __init__(self, body: ChatCompletionRequest, with_logprobs: bool) -> None:
-        self.body = body
-        self.with_logprobs = with_logprobs
-        self.head = {"id": f"chatcmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": body.model,
-                     "system_fingerprint": FINGERPRINT}
-
-    @staticmethod
-    def tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """OpenAI's shape: arguments as a JSON string; the id the native API would give too."""
-        return [
-            {"id": call["id"], "type": "function",
-             "function": {"name": call["function"]["name"],
-                          "arguments": json.dumps(call["function"].get("arguments") or {})}}
-            for call in calls
-        ]
-
-    async def whole(self, events: Events) -> dict[str, Any]:
-        choices, counter = [], _Counter()
-        for choice in await _gather(events):
-            counter.add(0, choice.outcome)
-            calls = self.tool_calls(choice.outcome.tool_calls)
-            content = choice.text if choice.text or not calls else None  # null beside tool calls, as OpenAI
-            message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
-            if calls:
-                message["tool_calls"] = calls
-            logprobs = None
-            if self.with_logprobs:
-                logprobs = {"content": [_chat_logprob(lp) for lp in choice.logprobs], "refusal": None}
-            choices.append({"index": choice.index, "message": message,
-                            "finish_reason": _finish_reason(choice.outcome), "logprobs": logprobs})
-        return {**self.head, "object": "chat.completion", "choices": choices, "usage": counter.usage()}
-
-    async def chunks(self, events: Events) -> AsyncIterator[dict[str, Any]]:
-        include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
-        extra = {"usage": None} if include_usage else {}
-        counter, started = _Counter(), set()
-
-        def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict:
-            return {**self.head, "object": "chat.completion.chunk",
-                    "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-                    **extra}
-
-        async with aclosing(events):
-            async for index, item in events:
-                if index not in started:
-                    started.add(index)
-                    yield chunk(index, {"role": "assistant", "content": "", "refusal": None})
-                if isinstance(item, Piece):
-                    logprobs = None
-                    if self.with_logprobs:
-                        logprobs = {"content": [_chat_logprob(lp) for lp in item.logprobs or []], "refusal": None}
-                    yield chunk(index, {"content": item.text}, logprobs=logprobs)
-                elif isinstance(item, ToolCalls):  # as soon as each call is complete
-                    calls = self.tool_calls(item.calls)
-                    yield chunk(index, {"tool_calls": [
-                        {"index": call["function"]["index"], **shaped}
-                        for call, shaped in zip(item.calls, calls, strict=True)
-                    ]})
-                else:
-                    counter.add(0, item)
-                    yield chunk(index, {}, _finish_reason(item))
-        if include_usage:
-            yield {**self.head, "object": "chat.completion.chunk", "choices": [], "usage": counter.usage()}
 
 
 # --- /v1/completions -------------------------------------------------------------
@@ -359,7 +156,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         if isinstance(prompt, str):
             echoes[index] = prompt
 
-    def start(index: int) -> AsyncIterator[Piece | ToolCalls | Outcome]:
+    def start(index: int) -> AsyncIterator[Event]:
         prompt_index, choice = divmod(index, body.n)
         return generate(
             _scheduler(request), facts, options=with_seed(options, choice), keep_alive=_keep_alive(body.keep_alive),
@@ -369,83 +166,25 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
     scores: dict[int, list[TokenLogprob]] = {}
     if body.echo and body.logprobs is not None:  # score the prompts first (lm-eval-style use)
-        merged = facts.params.merged(options)
-        async with _scheduler(request).lease(facts, merged, keep_alive=_keep_alive(body.keep_alive)) as (runner, _):
-            for index, prompt in enumerate(prompts):
-                try:
-                    scores[index], echo = await runner.score(spec(prompt), body.logprobs)
-                except (ContextLengthExceeded, InvalidRequest) as exc:
-                    exc.param = exc.param or "prompt"
-                    raise
-                if echo is not None:
-                    echoes[index] = echo
+        try:
+            scored = await score(_scheduler(request), facts, [spec(prompt) for prompt in prompts], options=options,
+                                 keep_alive=_keep_alive(body.keep_alive), logprobs=body.logprobs)
+        except (ContextLengthExceeded, InvalidRequest) as exc:
+            exc.param = exc.param or "prompt"
+            raise
+        for index, (logprobs, echo) in enumerate(scored):
+            scores[index] = logprobs
+            if echo is not None:
+                echoes[index] = echo
 
     try:
-        events = await _primed(request, _choices(len(prompts) * body.n, start, together=body.seed is None), "prompt")
+        events = await _primed(request, choices(len(prompts) * body.n, start, together=body.seed is None), "prompt")
     except ClientGone:
         return Response(status_code=499)
-    reply = _CompletionReply(body, echoes, scores)
+    reply = CompletionReply(body, echoes, scores)
     if body.stream:
-        return _sse(request, reply.chunks(events))
+        return sse_response(request, reply.chunks(events))
     return JSONResponse(await until_disconnected(request, reply.whole(events)))
-
-
-class _CompletionReply:
-    def __init__(self, body: CompletionRequest, echoes: dict[int, str], scores: dict[int, list[TokenLogprob]]) -> None:
-        self.body = body
-        self.echoes = echoes  # filled in as each prompt is tokenized
-        self.scores = scores  # the prompts' own log-probabilities, for echo with logprobs
-        self.head = {"id": f"cmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": body.model,
-                     "system_fingerprint": FINGERPRINT}
-
-    def echo(self, index: int) -> str:
-        return self.echoes.get(index // self.body.n, "") if self.body.echo else ""
-
-    def echo_logprobs(self, index: int) -> list[TokenLogprob]:
-        return self.scores.get(index // self.body.n, []) if self.body.echo else []
-
-    async def whole(self, events: Events) -> dict[str, Any]:
-        choices, counter = [], _Counter()
-        for choice in await _gather(events):
-            counter.add(choice.index // self.body.n, choice.outcome)
-            logprobs = None
-            if self.body.logprobs is not None:
-                logprobs = _legacy_logprobs(self.echo_logprobs(choice.index) + choice.logprobs, 0)
-            choices.append({"index": choice.index, "text": self.echo(choice.index) + choice.text,
-                            "logprobs": logprobs, "finish_reason": _finish_reason(choice.outcome)})
-        return {**self.head, "object": "text_completion", "choices": choices, "usage": counter.usage()}
-
-    async def chunks(self, events: Events) -> AsyncIterator[dict[str, Any]]:
-        include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
-        extra = {"usage": None} if include_usage else {}
-        counter, offsets = _Counter(), {}
-
-        def chunk(index: int, text: str, finish: str | None = None, logprobs: Any = None) -> dict:
-            return {**self.head, "object": "text_completion",
-                    "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}],
-                    **extra}
-
-        async with aclosing(events):
-            async for index, item in events:
-                if index not in offsets:
-                    echo = self.echo(index)
-                    offsets[index] = len(echo)
-                    if echo:
-                        echoed = None
-                        if self.body.logprobs is not None:
-                            echoed = _legacy_logprobs(self.echo_logprobs(index), 0)
-                        yield chunk(index, echo, logprobs=echoed)
-                if isinstance(item, Piece):
-                    logprobs = None
-                    if self.body.logprobs is not None:
-                        logprobs = _legacy_logprobs(item.logprobs or [], offsets[index])
-                    offsets[index] += len(item.text)
-                    yield chunk(index, item.text, logprobs=logprobs)
-                    continue
-                counter.add(index // self.body.n, item)
-                yield chunk(index, "", _finish_reason(item))
-        if include_usage:
-            yield {**self.head, "object": "text_completion", "choices": [], "usage": counter.usage()}
 
 
 # --- /v1/embeddings --------------------------------------------------------------
@@ -463,14 +202,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
     options = _parsed(body.options)
     result = await embed(_scheduler(request), facts, inputs, options=options, keep_alive=_keep_alive(body.keep_alive),
                          truncate=False, dimensions=body.dimensions)
-    data = []
-    for index, vector in enumerate(result.vectors):
-        encoded: Any = vector
-        if body.encoding_format == "base64":
-            encoded = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-        data.append({"object": "embedding", "index": index, "embedding": encoded})
-    return {"object": "list", "data": data, "model": body.model,
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}}
+    return embedding_list(body.model, result.vectors, result.prompt_tokens, body.encoding_format)
 
 
 def _parsed(options: dict[str, Any] | None) -> Options:
@@ -482,19 +214,13 @@ def _parsed(options: dict[str, Any] | None) -> Options:
 
 
 # --- /v1/models ------------------------------------------------------------------
-def _model_object(entry: Any) -> dict[str, Any]:
-    name: ModelName = entry.name
-    return {"id": name.display, "object": "model", "created": int(entry.modified_at.timestamp()),
-            "owned_by": name.namespace or "library"}
-
-
 @router.get("/models", summary="List models")
 async def list_models(request: Request) -> dict[str, Any]:
     entries = await run_in_threadpool(request.app.state.store.list)
-    return {"object": "list", "data": [_model_object(entry) for entry in entries]}
+    return {"object": "list", "data": [model_object(entry) for entry in entries]}
 
 
 @router.get("/models/{model:path}", summary="Retrieve a model")
 async def get_model(request: Request, model: str = Path(json_schema_extra={"pattern": MODEL_NAME_PATTERN})) -> dict:
     entry = await run_in_threadpool(request.app.state.store.get, _name(model))
-    return _model_object(entry)
+    return model_object(entry)

@@ -1,4 +1,6 @@
-"""Bridging blocking work that reports progress (in a thread) to an async NDJSON stream."""
+"""Streamed responses, both faces: NDJSON lines (``/api``) and SSE events (``/v1``), each ending with one
+error event in the face's shape when the work fails after the status line went out; and the bridges from
+blocking work in a thread, and from a client that leaves, to those streams."""
 
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..errors import LocalLLMError
+from .errors import error_body, error_of
 
 log = logging.getLogger(__name__)
 Event = dict[str, Any]
+NDJSON = "application/x-ndjson"
 _DONE = object()
 
 
@@ -56,10 +60,40 @@ async def events_from_thread(work: Callable[[Callable[[Event], None]], None]) ->
         yield item  # type: ignore[misc]
 
 
-async def ndjson(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+async def with_error_tail(path: str, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """The events, then, if the work fails mid-stream, one error event shaped for ``path``'s face (the
+    status line is gone, so the error travels in the body, as Ollama and OpenAI send it); never a cut
+    connection without a word, never a traceback."""
     async with aclosing(events):  # type: ignore[type-var]
-        async for event in events:
+        try:
+            async for event in events:
+                yield event
+        except LocalLLMError as exc:
+            yield error_of(path, exc)
+        except Exception as exc:
+            log.exception("%s failed mid-stream", path)
+            yield error_body(path, 500, f"internal error: {type(exc).__name__}")
+
+
+def ndjson_response(request: Request, events: AsyncIterator[Event]) -> StreamingResponse:
+    """One JSON object per line, as the native API streams."""
+
+    async def lines() -> AsyncIterator[bytes]:
+        async for event in with_error_tail(request.url.path, events):
             yield json.dumps(event).encode() + b"\n"
+
+    return ClosingStreamingResponse(lines(), media_type=NDJSON)
+
+
+def sse_response(request: Request, events: AsyncIterator[Event]) -> StreamingResponse:
+    """Server-sent events ending in ``[DONE]``, as OpenAI streams."""
+
+    async def body() -> AsyncIterator[bytes]:
+        async for event in with_error_tail(request.url.path, events):
+            yield b"data: " + json.dumps(event).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return ClosingStreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 class ClosingStreamingResponse(StreamingResponse):

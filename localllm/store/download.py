@@ -29,6 +29,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from ..errors import LocalLLMError, RegistryError, VerificationFailed
 from .blobs import BlobStore, storage_error
+from .hub import HubSource
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 8 * 1024 * 1024
@@ -120,13 +121,6 @@ class Download:
     completed: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     error: LocalLLMError | None = None
-
-
-@dataclass(frozen=True)
-class HubSource:
-    url: str
-    headers: dict[str, str]
-    filename: str
 
 
 class Downloads:

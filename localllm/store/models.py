@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import BlobNotFound, InvalidModelFile
 from ..names import ModelName
-from .blobs import BlobStore, BlobWriter
+from .blobs import BlobStore, BlobWriter, sha256_file
 from .manifests import CONFIG_MEDIA_TYPE, Layer, Manifest, ManifestEntry, ManifestStore, MediaType
 
 FRESH_SECONDS = 3600.0
@@ -86,6 +86,16 @@ class ModelStore:
             digest, size = self.blobs.write_bytes(data)
             self.mark_fresh(digest)
         return Layer(mediaType=media_type, digest=digest, size=size, annotations=annotations or None)
+
+    def adopt_file(self, path: Path) -> str:
+        """Hash a finished file on the store's disk and move it in as a blob, fresh until a manifest uses it
+        (a file the store already has is left where it is, for its owner to delete)."""
+        digest = sha256_file(path)
+        with self._lock:  # no prune between the move and the mark
+            if not self.blobs.exists(digest):
+                self.blobs.adopt(path, digest)
+            self.mark_fresh(digest)
+        return digest
 
     def finish_upload(self, writer: BlobWriter, expected: str) -> str:
         """Verify an uploaded blob against ``expected`` and keep it fresh for a create."""

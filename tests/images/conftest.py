@@ -18,7 +18,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-BUILDER_SOURCES = [HERE / "tiny_sd.py", ROOT / "localllm" / "images" / "export.py"]
+BUILDER_SOURCES = [HERE / "tiny_sd.py", ROOT / "localllm" / "diffusion" / "export.py"]
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +67,7 @@ def tiny_sdxl(tiny_models: Path) -> Path:
 @pytest.fixture(scope="session")
 def converted(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory):
     """converted(precision, **options) → a streaming-layout pipeline folder, each made once per session."""
-    from localllm.images.convert import convert_pipeline
+    from localllm.diffusion.convert import convert_pipeline
 
     made: dict[tuple, Path] = {}
 

@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from localllm.images.engine import Engine
-from localllm.images.layout import StreamGraph
+from localllm.diffusion.engine import Engine
+from localllm.diffusion.layout import StreamGraph
 
 PROVIDERS = ["disk", "prefetch", "ram"]
 
@@ -86,7 +86,7 @@ def test_quantized_close(tiny_sd: Path, converted, precision: str, tolerance: fl
 
 
 def test_uint8_skip_connections(tiny_sd: Path, converted, rng: np.random.Generator) -> None:
-    from localllm.images.engine import longest_lived
+    from localllm.diffusion.engine import longest_lived
 
     graph = StreamGraph.load(converted("fp32") / "unet")
     feeds = feeds_for("unet", graph, rng)
@@ -108,7 +108,7 @@ def test_uint8_skip_connections(tiny_sd: Path, converted, rng: np.random.Generat
 def test_opset17_export_matches_onnxruntime(tiny_models: Path, component: str, rng: np.random.Generator,
                                             tmp_path: Path) -> None:
     """Opset 17 exports LayerNorm as LayerNormalization: the same components still match."""
-    from localllm.images.convert import convert_model
+    from localllm.diffusion.convert import convert_model
 
     src = tiny_models / "sd-opset17"
     shapes = {"text_encoder": {"input_ids": (1, 77)}, "vae_decoder": {"latent_sample": (1, 4, 8, 8)},

@@ -9,11 +9,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from localllm.diffusion import ops
+from localllm.diffusion.convert import convert_model
+from localllm.diffusion.engine import Engine, fuse_attention
+from localllm.diffusion.layout import StreamGraph
 from localllm.errors import InvalidModelFile, UnsupportedInput, UnsupportedOperator
-from localllm.images import ops
-from localllm.images.convert import convert_model
-from localllm.images.engine import Engine, fuse_attention
-from localllm.images.layout import StreamGraph
 
 
 def unet(converted) -> StreamGraph:
@@ -130,7 +130,7 @@ def test_runtime_does_not_import_onnx(converted) -> None:
 
     code = (
         "import sys, numpy as np\n"
-        "from localllm.images.pipeline import StableDiffusion\n"
+        "from localllm.diffusion.pipeline import StableDiffusion\n"
         f"sd = StableDiffusion({str(converted('fp16'))!r}, 'prefetch')\n"
         "img = sd.generate('a red cat', steps=1, seed=1)\n"
         "assert img.shape == (64, 64, 3)\n"
@@ -144,7 +144,7 @@ def test_runtime_does_not_import_onnx(converted) -> None:
 def test_packed_weights_dequantized_in_blocks_match(converted, component: str, rng: np.random.Generator,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Big fp16/uint8 kernels reach Conv and MatMul packed, dequantized a block of channels at a time."""
-    from localllm.images import weights
+    from localllm.diffusion import weights
 
     graph = StreamGraph.load(converted("uint8") / component)
     x = {k: (rng.integers(0, 300, v.shape) if k == "input_ids" else rng.standard_normal(v.shape)).astype(v.dtype)

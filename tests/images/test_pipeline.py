@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from localllm.images.pipeline import StableDiffusion, to_uint8
+from localllm.diffusion.pipeline import StableDiffusion, to_uint8
 
 PROMPT = "A photo of an astronaut riding a horse on the moon, highly detailed"
 NEGATIVE = "blurry, low quality"
@@ -99,7 +99,7 @@ def test_turbo_single_step_without_guidance(tiny_sd: Path, converted, batch: int
     latents = sd.latents(PROMPT, steps=1, guidance_scale=0.0, seed=5, scheduler="euler")
     # by hand: one Euler step from sigma_max to 0 is x0 = x - sigma * eps
     rng = np.random.default_rng(5)
-    from localllm.images.schedulers import make_scheduler
+    from localllm.diffusion.schedulers import make_scheduler
 
     sched = make_scheduler(sd.scheduler_config, "euler", 1)
     assert list(sched.timesteps) == [999.0]
@@ -115,7 +115,7 @@ def test_convert_command_line(tiny_sd: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "localllm.images.convert", str(tiny_sd), str(tmp_path / "sd"),
+    out = subprocess.run([sys.executable, "-m", "localllm.diffusion.convert", str(tiny_sd), str(tmp_path / "sd"),
                           "--precision", "uint8", "--size", "64x64", "--vae-tile", "4"],
                          capture_output=True, text=True, check=True)
     assert "unet: 1/1" in out.stdout

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from localllm.images.export import SD15_SCHEDULER
-from localllm.images.schedulers import make_scheduler
+from localllm.diffusion.export import SD15_SCHEDULER
+from localllm.diffusion.schedulers import make_scheduler
 
 # diffusers builds its sigmas from torch tensors with np.array(...): numpy 2 warns about it
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

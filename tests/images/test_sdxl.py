@@ -9,10 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from localllm.images.convert import convert_pipeline
-from localllm.images.engine import Engine
-from localllm.images.layout import StreamGraph
-from localllm.images.pipeline import StableDiffusion
+from localllm.diffusion.convert import convert_pipeline
+from localllm.diffusion.engine import Engine
+from localllm.diffusion.layout import StreamGraph
+from localllm.diffusion.pipeline import StableDiffusion
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 PROMPT = "a castle in the mountains with snow and trees"

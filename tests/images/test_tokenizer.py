@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from localllm.images.tokenizer import ClipTokenizer
+from localllm.diffusion.tokenizer import ClipTokenizer
 
 PROMPTS = [
     "A photo of an astronaut riding a horse on the moon",

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from localllm.images.convert import convert_model
-from localllm.images.engine import Engine
-from localllm.images.layout import StreamGraph
-from localllm.images.vae import decode_tiled, tile_starts
+from localllm.diffusion.convert import convert_model
+from localllm.diffusion.engine import Engine
+from localllm.diffusion.layout import StreamGraph
+from localllm.diffusion.vae import decode_tiled, tile_starts
 
 LATENT, TILE = 24, 8
 

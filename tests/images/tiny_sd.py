@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from localllm.images import export
+from localllm.diffusion import export
 
 CORPUS = """a photo of an astronaut riding a horse on the moon, a red cat sitting on a blue sofa,
 the quick brown fox jumps over the lazy dog, a painting of a lighthouse at sunset, highly detailed,

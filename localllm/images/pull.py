@@ -14,25 +14,19 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from huggingface_hub import hf_hub_url
-from huggingface_hub.file_download import http_get
-from huggingface_hub.utils import build_hf_headers
-
-from .. import __version__
 from ..errors import RemoteNotFound
 from ..names import DEFAULT_HOST, DEFAULT_NAMESPACE, ModelName
-from . import image_models
-from .blobs import sha256_file
-from .choose import RepoFile
-from .manifests import FILENAME_ANNOTATION, Layer, Manifest, MediaType
-
-if TYPE_CHECKING:
-    from .registry import Emit, Puller
+from ..store.choose import RepoFile
+from ..store.hub import HubClient, Repo
+from ..store.manifests import FILENAME_ANNOTATION, Layer, Manifest, MediaType
+from ..store.models import ModelStore
+from ..store.pull import Emit, Fetcher, PlannedFile
+from . import models as image_models
+from .convert_process import convert_in_child
 
 FOLDERS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "tokenizer", "tokenizer_2", "scheduler")
 REQUIRED = ("model_index.json", "text_encoder/model.onnx", "unet/model.onnx", "vae_decoder/model.onnx")
@@ -87,15 +81,32 @@ class SourceFile:
 @dataclass
 class ImagePullPlan:
     name: ModelName
-    repo_id: str
+    repo: Repo
     files: list[SourceFile]
-    params: dict[str, Any]
-    family: str
-    revision: str = "main"
+    params: dict[str, Any] = field(default_factory=dict)
+    family: str = ""
     source: str = ""
 
 
-def plan(puller: Puller, name: ModelName, repo_id: str, files: list[RepoFile],
+class ImagePulls:
+    """The image kind of pull, registered before the GGUF kind: the image catalog's names, and any Hub
+    repository in diffusers' ONNX layout."""
+
+    def catalog_names(self) -> list[str]:
+        return sorted(IMAGE_CATALOG)
+
+    def plan_name(self, name: ModelName, hub: HubClient) -> ImagePullPlan | None:
+        entry = image_catalog_entry(name)
+        return None if entry is None else plan(hub, name, entry.repo_id, hub.list_files(entry.repo_id), entry)
+
+    def plan_repo(self, name: ModelName, repo_id: str, files: list[RepoFile], hub: HubClient) -> ImagePullPlan | None:
+        return plan(hub, name, repo_id, files, None) if is_diffusers_onnx(files) else None
+
+    def execute(self, plan: ImagePullPlan, fetcher: Fetcher, emit: Emit) -> None:
+        execute(fetcher, plan, emit)
+
+
+def plan(hub: HubClient, name: ModelName, repo_id: str, files: list[RepoFile],
          catalog: ImageCatalogEntry | None) -> ImagePullPlan:
     chosen = [f for f in files if f.path == "model_index.json"
               or (f.path.count("/") == 1 and f.path.split("/")[0] in FOLDERS)]
@@ -106,22 +117,22 @@ def plan(puller: Puller, name: ModelName, repo_id: str, files: list[RepoFile],
     for f in chosen:
         image_models.safe_relpath(f.path)
         if f.sha256 is None and f.path.endswith((".onnx", ".pb", ".onnx_data", ".bin")):
-            f = puller._with_sha256(repo_id, f)  # an LFS file listed without its sha256: ask its HEAD
+            f = hub.with_sha256(repo_id, f)  # an LFS file listed without its sha256: ask its HEAD
         if f.sha256 is not None:
-            planned.append(SourceFile(f.path, f.size, puller._planned(repo_id, f).digest))
+            planned.append(SourceFile(f.path, f.size, Fetcher.verified(repo_id, f).digest))
         else:
             planned.append(SourceFile(f.path, f.size, None))
     params = dict(catalog.params) if catalog else {}
-    return ImagePullPlan(name=name, repo_id=repo_id, files=planned, params=params,
+    return ImagePullPlan(name=name, repo=Repo(repo_id), files=planned, params=params,
                          family=catalog.family if catalog else "", source=f"hf.co/{repo_id}")
 
 
-def execute(puller: Puller, plan: ImagePullPlan, emit: Emit) -> None:
-    store = puller.store
+def execute(fetcher: Fetcher, plan: ImagePullPlan, emit: Emit) -> None:
+    store = fetcher.store
     staging = image_models.new_staging(store)
     try:
         with store.pinned(f.digest for f in plan.files if f.digest):
-            sources = {f.path: _fetch(puller, plan, f, emit, staging) for f in plan.files}
+            sources = {f.path: _fetch(fetcher, plan, f, emit, staging) for f in plan.files}
             with store.pinned(sources.values()):
                 if _unchanged(store, plan, sources):
                     emit({"status": "verifying sha256 digest"})  # the same files: the conversion stands
@@ -135,8 +146,6 @@ def execute(puller: Puller, plan: ImagePullPlan, emit: Emit) -> None:
                     if done == total or time.monotonic() - last[0] >= 0.2:
                         last[0] = time.monotonic()
                         emit({"status": f"converting {component}", "total": total, "completed": done})
-
-                from ..images.convert_process import convert_in_child
 
                 convert_in_child(src, out, PRECISION, defaults.get("width", 0), defaults.get("height", 0), progress)
                 emit({"status": "verifying sha256 digest"})
@@ -166,38 +175,17 @@ def execute(puller: Puller, plan: ImagePullPlan, emit: Emit) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _fetch(puller: Puller, plan: ImagePullPlan, f: SourceFile, emit: Emit, staging: Path) -> str:
+def _fetch(fetcher: Fetcher, plan: ImagePullPlan, f: SourceFile, emit: Emit, staging: Path) -> str:
     """The file's blob digest, fetching it when the store lacks it. A file the Hub gives no sha256 for
     (git files: configs, tokenizer; ONNX files of a Hub without LFS) is hashed as it arrives."""
-    if f.digest is not None:
-        from .registry import PlannedFile
-
-        planned = PlannedFile(digest=f.digest, size=f.size, filename=f.path.replace("/", "-"), repo_path=f.path)
-        puller._fetch(plan, planned, emit)  # type: ignore[arg-type]  # has repo_id and revision
-        return f.digest
-    settings = puller.settings
-    url = hf_hub_url(plan.repo_id, f.path, revision=plan.revision, endpoint=settings.hf_endpoint)
-    headers = build_hf_headers(token=settings.hf_token or False, library_name="localllm",
-                               library_version=__version__)
-    from .registry import _hub_errors
-
-    store = puller.store
-    tmp = staging / f"download-{uuid.uuid4().hex[:12]}"  # on the store's disk: adopted by a rename
-    try:
-        with tmp.open("w+b") as handle, _hub_errors(plan.repo_id, settings.hf_endpoint, f.path):
-            emit({"status": f"pulling {f.path}"})
-            http_get(url, handle, headers=headers, expected_size=f.size or None, displayed_filename=f.path)
-        digest = sha256_file(tmp)
-        with store._lock:  # no prune between the move and the mark
-            if not store.blobs.exists(digest):
-                store.blobs.adopt(tmp, digest)
-            store.mark_fresh(digest)
-        return digest
-    finally:
-        tmp.unlink(missing_ok=True)
+    if f.digest is None:
+        return fetcher.unverified(plan.repo, f.path, f.size, staging, emit)
+    fetcher.fetch(plan.repo, PlannedFile(digest=f.digest, size=f.size, filename=f.path.replace("/", "-"),
+                                         repo_path=f.path), emit)
+    return f.digest
 
 
-def _unchanged(store: Any, plan: ImagePullPlan, sources: dict[str, str]) -> bool:
+def _unchanged(store: ModelStore, plan: ImagePullPlan, sources: dict[str, str]) -> bool:
     """The model is stored already, converted from exactly these files (a repeated pull)."""
     if not store.exists(plan.name):
         return False
@@ -216,17 +204,13 @@ def _defaults(plan: ImagePullPlan) -> dict[str, Any]:
     return params
 
 
-def _store_converted(store: Any, out: Path) -> list[Layer]:
+def _store_converted(store: ModelStore, out: Path) -> list[Layer]:
     """Every converted file as a blob (moved into place: the staging folder is on the store's disk)."""
     layers = []
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         rel = image_models.safe_relpath(path.relative_to(out).as_posix())
-        digest = sha256_file(path)
         size = path.stat().st_size
-        with store._lock:  # no prune between the move and the mark
-            if not store.blobs.exists(digest):
-                store.blobs.adopt(path, digest)
-            store.mark_fresh(digest)
+        digest = store.adopt_file(path)
         layers.append(Layer(mediaType=MediaType.IMAGE_FILE, digest=digest, size=size,
                             annotations={FILENAME_ANNOTATION: rel}))
     return layers

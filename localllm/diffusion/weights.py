@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from localllm.diffusion.layout import StreamGraph, WeightSpec
+from localllm.diffusion.quant import Packed, from_stored
 from localllm.errors import InvalidModelFile
-from localllm.images.layout import StreamGraph, WeightSpec
-from localllm.images.quant import Packed, from_stored
 
 PACK_MIN = 16 << 20  # weights over this many float32 bytes can be handed out packed
 

@@ -25,19 +25,29 @@ from typing import Any
 from ..errors import BlobNotFound, InvalidModelFile, InvalidRequest
 from ..gguf_info import GGUFInfo, ModelSummary, read_gguf
 from ..gguf_limits import check_hyperparameters
+from ..images.params import PARAMETERS as IMAGE_PARAMETERS
 from ..llm.prompts import check_template
+from ..modelfile.parameters import typed_parameters
+from ..modelfile.parser import MESSAGE_ROLES, Modelfile, parse_modelfile
 from ..names import ModelName
 from ..store.blobs import parse_digest
 from ..store.manifests import FILENAME_ANNOTATION, Layer, Manifest, MediaType
 from ..store.models import ModelStore
-from ..store.registry import Puller, PullPlan
-from .parameters import typed_parameters
-from .parser import MESSAGE_ROLES, Modelfile, parse_modelfile
+from ..store.pull import Pull, Puller
 
 __all__ = ["CreateSpec", "ModelCreator", "Prepared", "spec_from_modelfile"]
 
 Emit = Callable[[dict[str, Any]], None]
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+
+
+
+def image_parameter_kinds(layers: list[Layer] | None) -> dict[str, type] | None:
+    """The PARAMETER names an image model adds to a Modelfile's, given the base's layers (None: the base
+    is not here yet, so any kind's names may come)."""
+    if layers is None or any(layer.media_type == MediaType.IMAGE_FILE for layer in layers):
+        return dict(IMAGE_PARAMETERS)
+    return None
 
 
 @dataclass
@@ -100,7 +110,7 @@ def spec_from_modelfile(name: ModelName, text: str) -> CreateSpec:
 @dataclass(frozen=True)
 class Prepared:
     spec: CreateSpec
-    pull: PullPlan | None  # the base model's pull, when it is not here yet
+    pull: Pull | None  # the base model's pull, when it is not here yet
 
 
 class ModelCreator:
@@ -170,7 +180,7 @@ class ModelCreator:
         emit({"status": "success"})
 
     # --- the base: a model, or uploaded GGUF blobs ------------------------------------------------------
-    def _base(self, spec: CreateSpec, pull: PullPlan | None, emit: Emit) -> tuple[list[Layer], dict[str, Any]]:
+    def _base(self, spec: CreateSpec, pull: Pull | None, emit: Emit) -> tuple[list[Layer], dict[str, Any]]:
         if spec.files:
             return self._from_files(spec.files)
         assert spec.model_from  # prepare() refused a spec with neither

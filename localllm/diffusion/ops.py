@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from localllm.diffusion import threads
+from localllm.diffusion.layout import ONNX_DTYPES
+from localllm.diffusion.quant import Packed
 from localllm.errors import UnsupportedOperator
-from localllm.images import threads
-from localllm.images.layout import ONNX_DTYPES
-from localllm.images.quant import Packed
 
 Array = np.ndarray
 OpFn = Callable[[list[Any], dict[str, Any]], list[Array]]

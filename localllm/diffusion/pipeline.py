@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from localllm.diffusion.engine import Engine
+from localllm.diffusion.layout import StreamGraph
+from localllm.diffusion.schedulers import make_scheduler
+from localllm.diffusion.tokenizer import ClipTokenizer
+from localllm.diffusion.vae import decode_tiled
+from localllm.diffusion.weights import WeightsProvider, make_provider
 from localllm.errors import InvalidModelFile
-from localllm.images.engine import Engine
-from localllm.images.layout import StreamGraph
-from localllm.images.schedulers import make_scheduler
-from localllm.images.tokenizer import ClipTokenizer
-from localllm.images.vae import decode_tiled
-from localllm.images.weights import WeightsProvider, make_provider
 
 Progress = Callable[[int, int], None]
 ProviderFactory = Callable[[StreamGraph], WeightsProvider]

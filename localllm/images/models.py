@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidModelFile
-from .manifests import Manifest, ManifestEntry, MediaType
-from .models import ModelStore
+from ..store.manifests import Manifest, ManifestEntry, MediaType
+from ..store.models import ModelStore
 
 # a file, or a file in one folder; no leading dot anywhere, so no "..", no hidden files, no absolute paths
 _REL_PATH = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,63}/)?[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
@@ -153,37 +153,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def describe(store: ModelStore, model: ImageModel) -> dict[str, Any]:
-    """The ``/api/show`` document of an image model."""
-    from ..modelfile import format_parameters, render_modelfile
-
-    entry, config = model.entry, model.config
-    licenses = [store.blobs.read_text(layer.digest) for layer in entry.manifest.layers_of(MediaType.LICENSE)]
-    info = {
-        "general.architecture": "stable-diffusion-xl" if model.sdxl else "stable-diffusion",
-        "general.source": config.get("source", ""),
-        "image.width": config.get("width"),
-        "image.height": config.get("height"),
-        "image.precision": config.get("precision"),
-        "image.components": config.get("components", []),
-    }
-    return {
-        "license": "\n".join(licenses),
-        "modelfile": render_modelfile(display_name=entry.name.display, model_from=entry.name.display, template=None,
-                                      system=None, params=model.params, licenses=licenses, adapters=[], messages=[]),
-        "parameters": format_parameters(model.params),
-        "template": "",
-        "details": {
-            "parent_model": "", "format": FORMAT, "family": config.get("model_family", ""),
-            "families": [config.get("model_family", "")], "parameter_size": config.get("model_type", ""),
-            "quantization_level": str(config.get("precision", "")).upper(),
-        },
-        "model_info": info,
-        "capabilities": ["image"],
-        "modified_at": entry.modified_at.isoformat(),
-    }
 
 
 def config_json(data: dict[str, Any]) -> bytes:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import GoTemplateError, GoTemplateExecError, _Fail
-from .lexer import repr_go
+from .lexer import _Source, repr_go
 from .limits import MAX_DEPTH
 from .nodes import (
     _Action,
@@ -27,9 +27,6 @@ from .nodes import (
 )
 from .values import GoStruct, _print, _truth, _type_name
 
-if TYPE_CHECKING:
-    from .template import GoTemplate
-
 
 class _Break(Exception):
     pass
@@ -40,8 +37,14 @@ class _Continue(Exception):
 
 
 class _State:
-    def __init__(self, template: GoTemplate, max_output: int, max_steps: int) -> None:
-        self.template = template
+    """One execution: what the tree needs of its template (where a node is in the source, the ``define``d
+    templates, the functions), the output so far, the budgets and the variables in scope."""
+
+    def __init__(self, src: _Source, templates: dict[str, list[_Node]], functions: dict[str, Any],
+                 max_output: int, max_steps: int) -> None:
+        self.src = src
+        self.templates = templates
+        self.functions = functions
         self.out: list[str] = []
         self.size = 0
         self.steps = 0
@@ -53,7 +56,7 @@ class _State:
 
     def fail(self, message: str, node: _Node | None = None) -> GoTemplateExecError:
         node = node or self.node
-        line, column = self.template._src.where(node.pos) if node is not None else (1, 1)
+        line, column = self.src.where(node.pos) if node is not None else (1, 1)
         return GoTemplateExecError(message, line, column)
 
     def step(self, node: _Node) -> None:
@@ -166,7 +169,7 @@ class _State:
             self.vars.append([name, value])
 
     def call_template(self, dot: Any, node: _Call) -> None:
-        body = self.template._templates.get(node.name)
+        body = self.templates.get(node.name)
         if body is None:
             raise self.fail(f'template: no template {repr_go(node.name)} associated with template ""', node)
         value = self.pipeline(dot, node.pipe) if node.pipe is not None else None
@@ -266,7 +269,7 @@ class _State:
         values = [self.arg(dot, arg) for arg in args]
         if final is not _NO_FINAL:
             values.append(final)
-        func = self.template._funcs[name]
+        func = self.functions[name]
         try:
             return func(*values) if not getattr(func, "_needs_state", False) else func(self, *values)
         except _Fail as exc:

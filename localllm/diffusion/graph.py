@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from localllm.diffusion import ops
+from localllm.diffusion.layout import ONNX_DTYPES, OpSpec, StreamGraph, ValueInfo
 from localllm.errors import InvalidModelFile, UnsupportedInput, UnsupportedOperator
-from localllm.images import ops
-from localllm.images.layout import ONNX_DTYPES, OpSpec, StreamGraph, ValueInfo
 
 INLINE_MAX = 256  # float constants up to this many elements stay in graph.json; bigger ones are weights
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from localllm.diffusion import ops, threads
+from localllm.diffusion.layout import OpSpec, StreamGraph
+from localllm.diffusion.memory import release_memory_eagerly
+from localllm.diffusion.quant import dequantize, quantize
+from localllm.diffusion.weights import WeightsProvider, make_provider
 from localllm.errors import UnsupportedInput
-from localllm.images import ops, threads
-from localllm.images.layout import OpSpec, StreamGraph
-from localllm.images.memory import release_memory_eagerly
-from localllm.images.quant import dequantize, quantize
-from localllm.images.weights import WeightsProvider, make_provider
 
 PACKED_OK = {"Conv", "MatMul"}  # ops that dequantize big weights a block at a time
 IN_PLACE = {"Silu", "Add", "Sub", "Mul", "Div", "Sqrt", "Exp", "Sin", "Cos", "Tanh", "Neg", "Reciprocal", "Sigmoid",

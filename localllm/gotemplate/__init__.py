@@ -15,6 +15,7 @@ Maps and slices print as JSON too.
 A template is someone else's code: execution is bounded by ``max_output`` characters and ``max_steps`` nodes,
 and nesting by :data:`MAX_DEPTH`, so no template can hang, exhaust memory or overflow the Python stack.
 
+It imports nothing else of localllm (whether a template is Go or Jinja is ``localllm.llm.templates``'s call).
 One module per job, each importing only those before it:
 
 - ``limits``: the output, step and depth bounds (``DEFAULT_MAX_OUTPUT``, ``DEFAULT_MAX_STEPS``, ``MAX_DEPTH``).
@@ -25,14 +26,14 @@ One module per job, each importing only those before it:
 - ``parser``: tokens to a syntax tree.
 - ``execute``: walking a tree over data, within the budgets.
 - ``functions``: the builtin functions, Go's and Ollama's (``FUNCTIONS``).
-- ``template``: ``GoTemplate`` (``execute``, ``uses``, ``cut_after``), ``parse`` and ``looks_like_go_template``.
+- ``template``: ``GoTemplate`` (``execute``, ``uses``, ``cut_after``), and ``parse``.
 """
 
 from __future__ import annotations
 
 from .errors import GoTemplateError, GoTemplateExecError, GoTemplateSyntaxError
 from .limits import DEFAULT_MAX_OUTPUT, DEFAULT_MAX_STEPS, MAX_DEPTH
-from .template import GoTemplate, looks_like_go_template, parse
+from .template import GoTemplate, parse
 from .values import GoStruct, go_json
 
 __all__ = [
@@ -45,6 +46,5 @@ __all__ = [
     "GoTemplateExecError",
     "GoTemplateSyntaxError",
     "go_json",
-    "looks_like_go_template",
     "parse",
 ]

@@ -1,4 +1,5 @@
-"""What the API says about a stored model: list entries and ``show`` documents."""
+"""What ``/api/tags`` and ``/api/show`` say about a stored model: list entries and ``show`` documents,
+for GGUF and image models alike (the store keeps bytes; describing them is the server's job)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from typing import Any
 
 from ..errors import InvalidModelFile
 from ..gguf_info import read_gguf
+from ..images import models as image_models
+from ..images.models import ImageModel
 from ..modelfile import format_parameters, render_modelfile
-from . import image_models
-from .manifests import ManifestEntry, MediaType
-from .models import ModelStore
+from ..store.manifests import ManifestEntry, MediaType
+from ..store.models import ModelStore
 
 
 def details(store: ModelStore, entry: ManifestEntry) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def capabilities(arch: str, template: str | None, model_info: dict[str, Any]) ->
 def show(store: ModelStore, entry: ManifestEntry, verbose: bool = False) -> dict[str, Any]:
     manifest = entry.manifest
     if image_models.is_image(manifest):
-        return image_models.describe(store, image_models.load(store, entry))
+        return show_image_model(store, image_models.load(store, entry))
     paths = store.model_paths(manifest)
     if not paths:
         raise InvalidModelFile(f"'{entry.name.display}' has no model layer")
@@ -88,6 +90,35 @@ def show(store: ModelStore, entry: ManifestEntry, verbose: bool = False) -> dict
     if messages:
         result["messages"] = messages
     return result
+
+
+def show_image_model(store: ModelStore, model: ImageModel) -> dict[str, Any]:
+    """The ``/api/show`` document of an image model."""
+    entry, config = model.entry, model.config
+    licenses = [store.blobs.read_text(layer.digest) for layer in entry.manifest.layers_of(MediaType.LICENSE)]
+    info = {
+        "general.architecture": "stable-diffusion-xl" if model.sdxl else "stable-diffusion",
+        "general.source": config.get("source", ""),
+        "image.width": config.get("width"),
+        "image.height": config.get("height"),
+        "image.precision": config.get("precision"),
+        "image.components": config.get("components", []),
+    }
+    return {
+        "license": "\n".join(licenses),
+        "modelfile": render_modelfile(display_name=entry.name.display, model_from=entry.name.display, template=None,
+                                      system=None, params=model.params, licenses=licenses, adapters=[], messages=[]),
+        "parameters": format_parameters(model.params),
+        "template": "",
+        "details": {
+            "parent_model": "", "format": image_models.FORMAT, "family": config.get("model_family", ""),
+            "families": [config.get("model_family", "")], "parameter_size": config.get("model_type", ""),
+            "quantization_level": str(config.get("precision", "")).upper(),
+        },
+        "model_info": info,
+        "capabilities": ["image"],
+        "modified_at": entry.modified_at.isoformat(),
+    }
 
 
 def _long_arrays(path: Any, lengths: dict[str, int]) -> dict[str, Any]:

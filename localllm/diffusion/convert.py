@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from localllm.diffusion import graph as onnx_graph
+from localllm.diffusion.layout import WeightsWriter, save
+from localllm.diffusion.quant import to_stored
 from localllm.errors import InvalidModelFile
-from localllm.images import graph as onnx_graph
-from localllm.images.layout import WeightsWriter, save
-from localllm.images.quant import to_stored
 
 PRECISIONS = ("fp32", "fp16", "uint8")
 Progress = Callable[[str, int, int], None]  # (component, done, total)
@@ -110,7 +110,7 @@ def _unet_inputs(path: Path, batch: int, lh: int, lw: int, dst: Path,
     """The UNet's input shapes, read off its declared inputs and the converted text encoders' outputs."""
     import onnx
 
-    from localllm.images.layout import StreamGraph
+    from localllm.diffusion.layout import StreamGraph
 
     model = onnx.load(str(path), load_external_data=False)
     declared = {i.name: i.type.tensor_type.shape.dim for i in model.graph.input}
@@ -138,7 +138,7 @@ def _unet_inputs(path: Path, batch: int, lh: int, lw: int, dst: Path,
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m localllm.images.convert SRC DST [--precision fp16] [--size 512x512] ...``"""
+    """``python -m localllm.diffusion.convert SRC DST [--precision fp16] [--size 512x512] ...``"""
     import argparse
 
     parser = argparse.ArgumentParser(description="Convert a diffusers ONNX pipeline folder to the streaming layout.")

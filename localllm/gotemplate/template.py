@@ -29,7 +29,7 @@ class GoTemplate:
 
         Raises :class:`GoTemplateExecError` on an execution error, when the output would exceed ``max_output``
         characters, or when more than ``max_steps`` nodes (and range iterations) run."""
-        state = _State(self, max_output, max_steps)
+        state = _State(self._src, self._templates, self._funcs, max_output, max_steps)
         state.vars.append(["$", data])
         try:
             state.walk(data, self._root)
@@ -139,10 +139,3 @@ def parse(source: str) -> GoTemplate:
         token = parser.tokens[min(parser.index, len(parser.tokens) - 1)]
         raise parser.fail("template nested too deeply", token) from None
     return GoTemplate(source, src, root, parser.templates)
-
-
-def looks_like_go_template(source: str) -> bool:
-    """Whether ``source`` is a Go template rather than Jinja (a template that parses as Jinja is Jinja)."""
-    from localllm.llm.templates import looks_like_go_template as detect
-
-    return detect(source)
