@@ -187,6 +187,7 @@ class ImageService(ResidentPool[WorkerHandle]):
             await handle.lock.acquire()
         finally:
             handle.waiting -= 1
+        handle.residency.claimed()
         finished = True
         job_id = 0
         try:

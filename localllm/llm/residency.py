@@ -29,12 +29,19 @@ class Residency:
     expires_at: float = FOREVER
     last_used: float = field(default_factory=time.monotonic)
     retire_when_idle: bool = False  # keep_alive 0, or an unload asked for while it was busy
+    unload_asked: bool = False  # an unload came while it was busy; a new use cancels it
+
+    def claimed(self) -> None:
+        """A new use began: a pending unload no longer applies (the model is wanted again)."""
+        self.unload_asked = False
+        self.retire_when_idle = False
 
     def used(self, keep_alive: float) -> None:
-        """A use ended: the resident stays ``keep_alive`` seconds from now."""
+        """A use ended: the resident stays ``keep_alive`` seconds from now (0: retire once idle),
+        unless an unload is pending."""
         now = time.monotonic()
         self.last_used = now
-        self.retire_when_idle = keep_alive == 0
+        self.retire_when_idle = self.unload_asked or keep_alive == 0
         self.expires_at = FOREVER if keep_alive < 0 else now + keep_alive
 
     def expired(self, now: float) -> bool:
@@ -103,7 +110,7 @@ class ResidentPool(Generic[R]):
         if resident.idle:
             await self.retire(resident)
         else:
-            resident.residency.retire_when_idle = True
+            resident.residency.unload_asked = resident.residency.retire_when_idle = True
 
     # --- the reaper ----------------------------------------------------------------------------------
     _reaper: asyncio.Task | None = None

@@ -191,7 +191,7 @@ class Scheduler(ResidentPool[Loaded]):
         async with loading:  # a request for a model that is loading waits for it
             current = self._serving(facts.entry.digest, config)
             if current is not None:
-                current.residency.retire_when_idle = False
+                current.residency.claimed()
                 return current, 0.0
             broken = self.broken(facts.entry.digest)
             if broken:
