@@ -28,21 +28,19 @@ class Residency:
 
     expires_at: float = FOREVER
     last_used: float = field(default_factory=time.monotonic)
-    retire_when_idle: bool = False  # keep_alive 0, or an unload asked for while it was busy
     unload_asked: bool = False  # an unload came while it was busy; a new use cancels it
 
     def claimed(self) -> None:
         """A new use began: a pending unload no longer applies (the model is wanted again)."""
         self.unload_asked = False
-        self.retire_when_idle = False
 
-    def used(self, keep_alive: float) -> None:
-        """A use ended: the resident stays ``keep_alive`` seconds from now (0: retire once idle),
-        unless an unload is pending."""
+    def used(self, keep_alive: float) -> bool:
+        """A use ended: the resident stays ``keep_alive`` seconds from now. True when it should
+        go once idle instead: keep_alive 0, or an unload is pending."""
         now = time.monotonic()
         self.last_used = now
-        self.retire_when_idle = self.unload_asked or keep_alive == 0
         self.expires_at = FOREVER if keep_alive < 0 else now + keep_alive
+        return self.unload_asked or keep_alive == 0
 
     def expired(self, now: float) -> bool:
         return self.expires_at <= now
@@ -102,15 +100,15 @@ class ResidentPool(Generic[R]):
     # --- keep_alive ----------------------------------------------------------------------------------
     def used(self, resident: R, keep_alive: float | None) -> bool:
         """A use of ``resident`` ended; True when it should be retired now (keep_alive 0 and idle)."""
-        resident.residency.used(self.default_keep_alive if keep_alive is None else keep_alive)
-        return resident.residency.retire_when_idle and resident.idle
+        retire = resident.residency.used(self.default_keep_alive if keep_alive is None else keep_alive)
+        return retire and resident.idle
 
     async def retire_when_idle(self, resident: R) -> None:
         """Retire it now if idle, else as soon as its last use ends."""
         if resident.idle:
             await self.retire(resident)
         else:
-            resident.residency.unload_asked = resident.residency.retire_when_idle = True
+            resident.residency.unload_asked = True
 
     # --- the reaper ----------------------------------------------------------------------------------
     _reaper: asyncio.Task | None = None

@@ -453,10 +453,8 @@ def test_ps_lists_most_recently_used_first_with_a_wallclock_expiry(store, models
 
 def test_residency_counts_from_the_end_of_each_use() -> None:
     residency = Residency()
-    residency.used(10)
+    assert not residency.used(10)
     first = residency.expires_at
     assert not residency.expired(first - 1) and residency.expired(first)
-    residency.used(0)
-    assert residency.retire_when_idle
-    residency.used(-1)
-    assert not residency.retire_when_idle and not residency.expired(float("1e300"))
+    assert residency.used(0)  # keep_alive 0: retire once idle
+    assert not residency.used(-1) and not residency.expired(float("1e300"))
