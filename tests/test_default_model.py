@@ -25,9 +25,26 @@ WEATHER = {
     },
 }
 CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-# A 135M model seldom decides to call a tool, but it copies text faithfully: this makes it write a call.
-COPY_A_CALL = f"Copy the following line exactly.\n\n{CALL_TEXT}"
+# A 135M model seldom decides to call a tool, but it copies text. Which wording makes it copy the call
+# greedily depends on the CPU's kernels (the same build differs between machines), so a few are tried.
+COPY_PHRASINGS = (
+    f"Copy the following line exactly.\n\n{CALL_TEXT}",
+    f"Repeat exactly, with nothing else:\n{CALL_TEXT}",
+    f"Say exactly this and nothing else: {CALL_TEXT}",
+)
 GREEDY = {"temperature": 0, "num_predict": 60}
+
+
+@pytest.fixture(scope="module")
+def copy_a_call(smollm2_daemon: Daemon) -> str:
+    """A user message this machine's greedy smollm2 answers with the call (asked once, not streamed)."""
+    for phrasing in COPY_PHRASINGS:
+        reply = httpx.post(f"{smollm2_daemon.base_url}/api/chat", timeout=120, json={
+            "model": MODEL, "messages": [{"role": "user", "content": phrasing}], "tools": [WEATHER],
+            "options": GREEDY, "stream": False}).json()
+        if reply["message"].get("tool_calls"):
+            return phrasing
+    pytest.fail("smollm2 copied the call for none of the phrasings")
 
 
 def test_the_embedded_package_is_the_pinned_one_and_is_never_imported() -> None:
@@ -71,8 +88,8 @@ def test_run_without_a_model_name_uses_the_configured_default(smollm2_daemon: Da
     assert refused.returncode == 1 and "no-such-model" in refused.stderr
 
 
-def test_a_native_tool_call_streams_before_the_end_with_an_id(smollm2_daemon: Daemon) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": COPY_A_CALL}], "tools": [WEATHER],
+def test_a_native_tool_call_streams_before_the_end_with_an_id(smollm2_daemon: Daemon, copy_a_call: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": copy_a_call}], "tools": [WEATHER],
             "options": GREEDY}
     with smollm2_daemon.client() as client, client.stream("POST", "/api/chat", json=body) as response:
         chunks = [json.loads(line) for line in response.iter_lines() if line.strip()]
@@ -101,10 +118,10 @@ def test_a_native_tool_call_streams_before_the_end_with_an_id(smollm2_daemon: Da
     assert answer.json()["message"]["content"].strip()
 
 
-def test_openai_tool_calls_stream_as_deltas_and_round_trip(smollm2_daemon: Daemon) -> None:
+def test_openai_tool_calls_stream_as_deltas_and_round_trip(smollm2_daemon: Daemon, copy_a_call: str) -> None:
     client = openai.OpenAI(base_url=f"{smollm2_daemon.base_url}/v1", api_key="unused")
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": COPY_A_CALL}], tools=[WEATHER], temperature=0,
+        model=MODEL, messages=[{"role": "user", "content": copy_a_call}], tools=[WEATHER], temperature=0,
         max_tokens=60, stream=True)
     chunks = list(stream)
     deltas = [c for c in chunks if c.choices and c.choices[0].delta.tool_calls]
