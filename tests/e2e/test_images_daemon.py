@@ -60,7 +60,7 @@ def publish_tiny_sd(hub: FakeHub, folder: Path, repo: str = REPO, unet_config: b
 
 @pytest.fixture(scope="module")
 def tiny_models(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from images.conftest import build_tiny_models
+    from diffusion.conftest import build_tiny_models
 
     return build_tiny_models(pytestconfig, tmp_path_factory)
 

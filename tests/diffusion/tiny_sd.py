@@ -3,7 +3,7 @@
 A CLIP BPE vocabulary trained on a few sentences (bytes, ``</w>`` forms, a few hundred merges,
 the two special tokens), a CLIP text encoder, an SD-1.5-shaped UNet and VAE decoder with small
 channel counts, exported with ``torch.onnx.export(..., dynamo=False)``; the same in SDXL's shape.
-Run as a script to build them all under a folder: ``python tests/images/tiny_sd.py OUT``.
+Run as a script to build them all under a folder: ``python tests/diffusion/tiny_sd.py OUT``.
 """
 
 from __future__ import annotations
