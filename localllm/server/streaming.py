@@ -27,10 +27,12 @@ _DONE = object()
 
 
 async def events_from_thread(work: Callable[[Callable[[Event], None]], None]) -> AsyncIterator[Event]:
-    """Run ``work(emit)`` in a thread and yield what it emits; a failure becomes ``{"error"}``.
+    """Run ``work(emit)`` in a thread and yield what it emits; its failure is raised here, for the
+    stream's error tail (``with_error_tail``) to put into words.
 
     If the client goes away the work carries on to its end (a pull is worth
-    finishing; the next one would resume it anyway), only unheard.
+    finishing; the next one would resume it anyway), only unheard: so an unexpected
+    failure is logged in the thread, where its traceback is, heard or not.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
@@ -45,10 +47,10 @@ async def events_from_thread(work: Callable[[Callable[[Event], None]], None]) ->
         try:
             work(put)
         except LocalLLMError as exc:
-            put({"error": exc.message})
-        except Exception as exc:  # never a traceback to the client
+            put(exc)
+        except Exception as exc:
             log.exception("streamed work failed")
-            put({"error": f"internal error: {type(exc).__name__}: {exc}"})
+            put(LocalLLMError(f"internal error: {type(exc).__name__}"))  # logged: not again at the tail
         finally:
             put(_DONE)
 
@@ -57,6 +59,8 @@ async def events_from_thread(work: Callable[[Callable[[Event], None]], None]) ->
         item = await queue.get()
         if item is _DONE:
             return
+        if isinstance(item, LocalLLMError):
+            raise item
         yield item  # type: ignore[misc]
 
 
