@@ -1,4 +1,4 @@
-"""Sizes people write (``16GiB``, ``512m``) and the machine's memory: what settings are made of."""
+"""Sizes people write (``16GiB``, ``512m``), the machine's memory and cores: what settings are made of."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ def machine_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
         return 8 * 1024**3
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or ``taskset`` narrows)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def default_budget() -> int:

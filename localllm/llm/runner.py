@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -299,10 +298,6 @@ def _check_grammar(source: str | None) -> None:
         llama_cpp.LlamaGrammar.from_string(source, verbose=False)
     except (ValueError, RuntimeError) as exc:
         raise InvalidRequest(f"the output grammar could not be compiled: {exc}", param="response_format") from exc
-
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 @llama_cpp.llama_log_callback

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 from ..errors import BrokenModel, InsufficientMemory, LocalLLMError, ServerBusy
 from ..names import ModelName
 from ..store.models import ModelStore
+from ..units import usable_cores
 from .facts import ModelFacts, adapter_files, model_file, read_facts
 from .memory import estimate, gib
 from .options import DEFAULT_NUM_CTX, Options
@@ -40,10 +40,6 @@ from .runner_client import RunnerProcess, Stats
 log = logging.getLogger(__name__)
 WAIT_FOR_ROOM = 60.0  # seconds a load waits for busy models to finish before a 503
 BROKEN_AFTER = 2  # failed loads in a row that mark a model broken (until it is created or pulled again)
-
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 class Runner(Protocol):
@@ -145,7 +141,7 @@ class Scheduler(ResidentPool[Loaded]):
         # Beyond its trained context a model answers badly, and a KV cache for a million tokens is
         # gigabytes: a request asking for more gets the trained size.
         n_ctx = min(options.get("num_ctx", self.default_num_ctx), trained)
-        cores = default_threads()
+        cores = usable_cores()
         return LoadConfig(
             model_path=model_file(self.store, facts),
             adapters=adapter_files(self.store, facts),
