@@ -19,6 +19,19 @@ from fakehub import FakeHub
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Parallel workers (pytest-xdist) each get their own cores, and so do the daemons and runners they
+    start (affinity is inherited, and a runner takes as many threads as it may use cores). llama.cpp's
+    threads spin while they wait for one another: two runners of two threads each on two shared cores
+    spend most steps waiting for a thread the other one's has pushed off its core."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= count:
+        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) % count::count])
+
+
 @pytest.fixture(autouse=True)
 def hermetic_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """All localllm and Hub-client state goes under the test's own folder."""

@@ -7,6 +7,7 @@ conversions into the streaming layout are made fresh in each session's temporary
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -35,6 +36,15 @@ def build_tiny_models(pytestconfig: pytest.Config, tmp_path_factory: pytest.Temp
         return _BUILT[digest]
     cache = getattr(pytestconfig, "cache", None)
     folder = cache.mkdir(f"tiny-sd-{digest}") if cache else tmp_path_factory.mktemp(f"tiny-sd-{digest}")
+    # parallel test workers share pytest's cache: one builds, the others wait for it
+    with (folder.parent / f"tiny-sd-{digest}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build_once(folder)
+    _BUILT[digest] = folder
+    return folder
+
+
+def _build_once(folder: Path) -> None:
     done = folder / "built"
     if not done.exists():
         staging = folder.with_name(folder.name + ".partial")
@@ -45,8 +55,6 @@ def build_tiny_models(pytestconfig: pytest.Config, tmp_path_factory: pytest.Temp
         shutil.rmtree(folder)
         staging.rename(folder)
         (folder / "built").touch()
-    _BUILT[digest] = folder
-    return folder
 
 
 _BUILT: dict[str, Path] = {}
