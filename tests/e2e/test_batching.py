@@ -143,29 +143,28 @@ def test_queue_overflow_is_503_and_waiting_requests_go_in_order(make_daemon, gem
     model = GEMMA
     server = make_daemon(LOCALLLM_NUM_PARALLEL="1", LOCALLLM_MAX_QUEUE="2").start()
     assert pull_events(server, model)[-1] == {"status": "success"}
-    generate(server, model, "load", num_predict=1, num_ctx=8192)
+    generate(server, model, "load", num_predict=1)
     order: list[str] = []
 
-    def hold_the_slot() -> None:  # seconds of prompt reading: the slot is surely taken meanwhile
-        generate(server, model, "word " * 6000, num_predict=2, num_ctx=8192)
-
     def queued(name: str) -> None:
-        generate(server, model, name, num_predict=2, num_ctx=8192)
+        generate(server, model, name, num_predict=2)
         order.append(name)
 
-    holder = threading.Thread(target=hold_the_slot)
-    holder.start()
-    time.sleep(1.0)
+    # the one slot is held by a stream that has begun and would go on for long, until its reader leaves
+    endless = {"model": model, "prompt": "1, 2, 3, 4, 5, 6, 7,", "raw": True,  # it counts on and on
+               "options": {"temperature": 0, "num_predict": 100000}}
     waiting = [threading.Thread(target=queued, args=(name,)) for name in ("first", "second")]
-    for thread in waiting:
-        thread.start()
-        time.sleep(0.5)  # arrival order
-    with server.client() as http:
+    with server.client() as http, http.stream("POST", "/api/generate", json=endless) as holder:
+        lines = holder.iter_lines()  # kept: an iterator dropped here would close the stream
+        next(line for line in lines if line)
+        for thread in waiting:
+            thread.start()
+            time.sleep(0.5)  # arrival order
         busy = http.post("/api/generate", json={"model": model, "prompt": "x", "stream": False})
         busy_v1 = http.post("/v1/completions", json={"model": model, "prompt": "x"})
+        assert not order  # both still wait for the slot
     assert busy.status_code == 503 and busy.headers["retry-after"]
     assert busy_v1.status_code == 503 and busy_v1.json()["error"]["code"] == "server_overloaded"
-    holder.join(120)
     for thread in waiting:
         thread.join(60)
     assert order == ["first", "second"]

@@ -7,14 +7,15 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from conftest import ROOT, Daemon, free_port
+from fakehub import FakeHub
 from localllm.cli.main import human_until
 from localllm.cli.render import human_duration
-from localllm.llm.options import DEFAULT_NUM_CTX
 
 MODEL = "gemma3:270m"  # embedded: pullable with no network
 SHORT = "Answer in one short sentence: what colour is the sky?"
@@ -45,8 +46,19 @@ def prompt_eval_count(stderr: str) -> int:
 
 # The bundled gemma3:270m is the pretrained model, not the chat one: it seldom ends a turn by itself, and
 # `run` has no option to cap an answer (Ollama's neither). A long piped document caps it: the context
-# holds DEFAULT_NUM_CTX tokens, so the answer has room for ~100 (each "word " is one token).
-DOCUMENT = "word " * (DEFAULT_NUM_CTX - 150)
+# holds CONTEXT tokens (the daemon's default, set small so the document is read quickly), so the answer
+# has room for ~100 (each "word " is one token).
+CONTEXT = 512
+DOCUMENT = "word " * (CONTEXT - 150)
+
+
+@pytest.fixture
+def daemon(hermetic_env, hub: FakeHub) -> Iterator[Daemon]:
+    server = Daemon(hermetic_env, hub.endpoint, {"LOCALLLM_CONTEXT_LENGTH": str(CONTEXT)}).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def start_answer(daemon: Daemon, *args: str) -> str:
@@ -79,7 +91,7 @@ def test_run_pulls_a_missing_model_then_answers_a_piped_document(daemon: Daemon)
     assert MODEL in daemon.cli("ls").stdout
 
     assert result.stdout.strip() and result.stdout.endswith("\n")
-    assert prompt_eval_count(result.stderr) > DEFAULT_NUM_CTX - 150  # the document went before the prompt
+    assert prompt_eval_count(result.stderr) > CONTEXT - 150  # the document went before the prompt
     labels = [line.split(":")[0] + ":" for line in result.stderr.splitlines() if ":" in line]
     assert labels[-len(TIMING_LABELS) :] == TIMING_LABELS
     assert re.search(r"^total duration:\s+\d+(\.\d+)?(s|ms|µs)$", result.stderr, re.MULTILINE)
