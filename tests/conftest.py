@@ -189,15 +189,23 @@ def tags(daemon: Daemon) -> dict[str, dict]:
         return {m["name"]: m for m in client.get("/api/tags").json()["models"]}
 
 
-def daemon_with(tmp_path_factory: pytest.TempPathFactory, model: str) -> Iterator[Daemon]:
-    """A daemon with an embedded model pulled (no Hub needed), for a whole test module."""
-    root = tmp_path_factory.mktemp(model.replace(":", "-") + "-daemon")
+def daemon_with(tmp_path_factory: pytest.TempPathFactory, model: str | None) -> Iterator[Daemon]:
+    """A daemon with an embedded model pulled (no Hub needed), or none, for a whole test module."""
+    root = tmp_path_factory.mktemp((model or "empty").replace(":", "-") + "-daemon")
     server = Daemon(root / "home", "http://127.0.0.1:9", {"HF_HOME": str(root / "hf")}).start()
     try:
-        assert pull_events(server, model)[-1] == {"status": "success"}
+        if model:
+            assert pull_events(server, model)[-1] == {"status": "success"}
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon with an empty store and no Hub for a module's tests that change nothing (each checks so
+    where it matters): a daemon per test costs a second of start-up each."""
+    yield from daemon_with(tmp_path_factory, None)
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,8 @@ def test_root_and_version(daemon: Daemon) -> None:
         ("POST", "/api/copy", {"source": "ok"}),
     ],
 )
-def test_hostile_names_are_400_and_write_nothing(daemon: Daemon, method: str, path: str, body: dict) -> None:
+def test_hostile_names_are_400_and_write_nothing(shared_daemon: Daemon, method: str, path: str, body: dict) -> None:
+    daemon = shared_daemon
     before = sorted(p.relative_to(daemon.home) for p in daemon.home.rglob("*"))
     with daemon.client() as client:
         response = client.request(method, path, json=body)
@@ -107,7 +108,8 @@ def test_bodies_are_json_whatever_the_content_type(daemon: Daemon) -> None:
     "digest",
     ["sha256:..etc..passwd", "sha256:" + "0" * 63, "sha256:" + "z" * 64, "md5:" + "0" * 32, "sha256-" + "0" * 65],
 )
-def test_hostile_digests_are_400(daemon: Daemon, digest: str) -> None:
+def test_hostile_digests_are_400(shared_daemon: Daemon, digest: str) -> None:
+    daemon = shared_daemon
     with daemon.client() as client:
         assert client.head(f"/api/blobs/{digest}").status_code == 400
         response = client.post(f"/api/blobs/{digest}", content=b"data")
@@ -115,7 +117,8 @@ def test_hostile_digests_are_400(daemon: Daemon, digest: str) -> None:
 
 
 @pytest.mark.parametrize("path", ["/api/blobs/sha256:..%2F..%2Fetc%2Fpasswd", "/api/blobs/../../etc/passwd"])
-def test_traversal_in_blob_paths_reaches_nothing(daemon: Daemon, path: str) -> None:
+def test_traversal_in_blob_paths_reaches_nothing(shared_daemon: Daemon, path: str) -> None:
+    daemon = shared_daemon
     with httpx.Client(base_url=daemon.base_url) as client:
         request = client.build_request("POST", path, content=b"x")
         request.url = request.url.copy_with(raw_path=path.encode())
